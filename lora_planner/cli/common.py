@@ -1,0 +1,56 @@
+"""Helpers shared by commands: profile selection, tables, progress bars."""
+from __future__ import annotations
+
+import sys
+
+from ..errors import LoraPlannerError
+from ..profile import ModelProfile, load_profile, shipped_profile
+
+
+def add_profile_args(p, required: bool = True) -> None:
+    g = p.add_mutually_exclusive_group(required=False)
+    g.add_argument("--profile", metavar="FILE", help="a profile JSON made by `lora-planner profile`")
+    g.add_argument("--model", metavar="NAME", help="a shipped model profile, e.g. llama-2-7b (see `lora-planner profile --list`)")
+
+
+def get_profile(args) -> ModelProfile:
+    if args.profile:
+        return load_profile(args.profile)
+    if args.model:
+        return shipped_profile(args.model)
+    raise LoraPlannerError("--profile/--model", "given", "neither", "Pass --model llama-2-7b or --profile FILE.")
+
+
+def positive_int(field: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value <= 0:
+            raise LoraPlannerError(field, "a positive whole number", text, f"E.g. {field} 1.")
+        return value
+    return parse
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def progress_factory(disable: bool = False):
+    """progress(label, total) -> tick(), drawing a tqdm bar on stderr."""
+    def progress(label: str, total: int):
+        try:
+            from tqdm import tqdm
+        except ImportError:  # pragma: no cover - tqdm ships with the torch extra
+            return lambda: None
+        bar = tqdm(total=total, desc=label, file=sys.stderr, disable=disable or not sys.stderr.isatty(), leave=False)
+
+        def tick():
+            bar.update(1)
+            if bar.n >= total:
+                bar.close()
+        return tick
+    return progress

@@ -1,0 +1,51 @@
+"""lora-planner command line: thin; library errors become one line and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import LoraPlannerError
+
+COMMANDS = ("profile", "estimate", "solve", "plot")
+
+EPILOG = """examples:
+  lora-planner solve --model llama-2-7b --memory-budget 8GiB,16GiB,24GiB
+  lora-planner solve --model llama-2-7b --memory-budget 12GiB:10,24GiB:2 -o plans/
+  lora-planner profile llama-2-7b --batch-size 1 --seq-len 512 -o llama.json
+  lora-planner estimate --model llama-2-7b --lora-config plans/client-0 --json
+
+sizes: GiB/G = 2**30 bytes, GB = 10**9 bytes."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import estimate_cmd, plot_cmd, profile_cmd, solve_cmd
+
+    parser = argparse.ArgumentParser(prog="lora-planner", description="Plan per-client LoRA layers and ranks under memory budgets.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"lora-planner {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in (solve_cmd, profile_cmd, estimate_cmd, plot_cmd):
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except LoraPlannerError as exc:
+        print(f"lora-planner {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lora-planner: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The memory model (DESIGN §4): peak bytes of one training step for any LoRA assignment.
+
+An *assignment* maps (layer, module) to a LoRA rank; absent entries carry no adapter.
+Peak = max over the phases of a step (forward, loss, backward, optimizer) of a separable sum;
+see ``PhaseTerms``. Pure Python, no torch: it sits on the planning path.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+from .errors import LoraPlannerError
+from .profile import ModelProfile, PhaseTerms, basis
+
+Assignment = Mapping[tuple[int, str], int]
+
+
+@dataclass(frozen=True)
+class ShapeTerms:
+    """One phase's terms evaluated at a (batch, seq) shape, in bytes (float; summed, then ceil)."""
+
+    fixed: float
+    path: float
+    path_low: Mapping[str, float]
+    group: Mapping[str, float]
+    module: Mapping[str, float]
+    rank: Mapping[str, float]
+
+
+def _dot(c, b) -> float:
+    return float(sum(x * y for x, y in zip(c, b)))
+
+
+def evaluate(profile: ModelProfile, batch: int | None = None, seq: int | None = None) -> dict[str, ShapeTerms]:
+    """Every phase's terms at the given shape (default: the profile's own)."""
+    batch = profile.batch_size if batch is None else batch
+    seq = profile.seq_len if seq is None else seq
+    check_shape(profile, batch, seq)
+    b = basis(batch, seq)
+    out = {}
+    for phase, t in profile.phases.items():
+        out[phase] = ShapeTerms(
+            fixed=_dot(t.fixed, b), path=_dot(t.path, b),
+            path_low={k: _dot(v, b) for k, v in t.path_low.items()},
+            group={k: _dot(v, b) for k, v in t.group.items()},
+            module={k: _dot(v, b) for k, v in t.module.items()},
+            rank={k: _dot(v, b) for k, v in t.rank.items()},
+        )
+    return out
+
+
+def check_shape(profile: ModelProfile, batch: int, seq: int) -> None:
+    for field, value in (("--batch-size", batch), ("--seq-len", seq)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise LoraPlannerError(field, "a positive whole number", value, "E.g. --batch-size 1 --seq-len 512.")
+    if profile.max_positions and seq > profile.max_positions:
+        raise LoraPlannerError(
+            "--seq-len", f"at most {profile.max_positions} (the context length of {profile.name})", seq,
+            f"Use --seq-len {profile.max_positions} or less.",
+        )
+
+
+def check_assignment(profile: ModelProfile, assignment: Assignment) -> None:
+    names = set(profile.module_names)
+    for (layer, module), rank in assignment.items():
+        if not (isinstance(layer, int) and 0 <= layer < profile.num_layers):
+            raise LoraPlannerError("layer", f"an index in 0..{profile.num_layers - 1}", layer, "Check layers_to_transform.")
+        if module not in names:
+            profile.module(module)  # raises with the nearest name
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+            raise LoraPlannerError(f"rank of {profile.full_name(layer, module)}", "a positive whole number", rank, "PEFT rejects r=0: leave the module out instead.")
+
+
+def layer_cost(t: ShapeTerms, ranks: Mapping[str, int], profile: ModelProfile, lowest: bool) -> float:
+    """Bytes one block adds in one phase when its adapted modules have these ranks.
+
+    ``lowest``: this block is the lowest trained one, so backward only partly traverses it.
+    """
+    if not ranks:
+        return t.path
+    groups = {profile.module(m).group for m in ranks}
+    cost = max(t.path_low[m] for m in ranks) if lowest else t.path
+    cost += sum(t.group.get(g, 0.0) for g in groups)
+    cost += sum(t.module[m] + r * t.rank[m] for m, r in ranks.items())
+    return cost
+
+
+def predict_phases(profile: ModelProfile, assignment: Assignment, batch: int | None = None, seq: int | None = None,
+                   terms: Mapping[str, ShapeTerms] | None = None) -> dict[str, int]:
+    """Predicted peak live tensor bytes of each phase of a steady-state training step."""
+    check_assignment(profile, assignment)
+    if not assignment:
+        raise LoraPlannerError("assignment", "non-empty (at least one adapted module)", "an empty assignment", "Adapt at least one module.")
+    terms = terms or evaluate(profile, batch, seq)
+    per_layer: dict[int, dict[str, int]] = {}
+    for (layer, module), rank in assignment.items():
+        per_layer.setdefault(layer, {})[module] = rank
+    low = min(per_layer)
+    out = {}
+    for phase, t in terms.items():
+        total = t.fixed
+        for layer in range(low, profile.num_layers):
+            total += layer_cost(t, per_layer.get(layer, {}), profile, lowest=(layer == low))
+        out[phase] = int(math.ceil(total))
+    return out
+
+
+def predict_tensor_bytes(profile: ModelProfile, assignment: Assignment, batch: int | None = None, seq: int | None = None) -> int:
+    """Predicted peak live tensor bytes (weights, activations, grads, optimizer state, temporaries)."""
+    return max(predict_phases(profile, assignment, batch, seq).values())
+
+
+def fixed_bytes(profile: ModelProfile, batch: int | None = None, seq: int | None = None) -> int:
+    """The least any training step needs: the cheapest single module at rank 1 in the top block."""
+    top = profile.num_layers - 1
+    return min(predict_tensor_bytes(profile, {(top, m): 1}, batch, seq) for m in profile.module_names)
+
+
+def rule_of_thumb_bytes(profile: ModelProfile, assignment: Assignment) -> int:
+    """What parameter-only calculators say: frozen weights + LoRA params, grads and AdamW state.
+
+    Ignores activations entirely; shown beside our prediction to make the gap visible.
+    """
+    dtype_bytes = {"bf16": 2, "fp16": 2, "fp32": 4}[profile.conditions["dtype"]]
+    adapter_bytes = {"bf16": 2, "fp16": 2, "fp32": 4}[profile.conditions.get("adapter_dtype", "fp32")]
+    lora_params = sum(r * (profile.module(m).in_features + profile.module(m).out_features) for (_, m), r in assignment.items())
+    # param + grad + AdamW exp_avg + exp_avg_sq
+    return profile.param_count * dtype_bytes + 4 * lora_params * adapter_bytes

@@ -1,0 +1,190 @@
+"""plan_fleet: a profile and a fleet in, one LoRA configuration per client out (DESIGN §3, §9)."""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .adapter_config import to_adapter_config
+from .errors import LoraPlannerError
+from .fleet import ClientSpec
+from .memory import predict_tensor_bytes
+from .profile import ModelProfile, write_json_atomic
+from .units import format_size
+
+PLAN_SCHEMA_VERSION = 1
+DEFAULT_RANKS = (2, 4, 8, 16, 32, 64)
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    layer: int
+    module: str
+    rank: int
+    alpha: float
+
+
+@dataclass(frozen=True)
+class ClientPlan:
+    id: str
+    budget_bytes: int
+    reserve_bytes: int
+    predicted_tensor_bytes: int
+    predicted_bytes: int
+    objective: float
+    entries: tuple[Entry, ...]
+    solver: str
+    status: str  # "planned" | "dropped"
+    extras: dict = field(default_factory=dict)  # depth-rank: round_time_s, bytes_up, bytes_down, ...
+
+    @property
+    def assignment(self) -> dict[tuple[int, str], int]:
+        return {(e.layer, e.module): e.rank for e in self.entries}
+
+
+@dataclass(frozen=True)
+class Plan:
+    profile: str
+    profile_checksum: str
+    batch_size: int
+    seq_len: int
+    solver: str
+    target_modules: tuple[str, ...]
+    ranks: tuple[int, ...]
+    clients: tuple[ClientPlan, ...]
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        body = asdict(self)
+        return {"schema_version": PLAN_SCHEMA_VERSION, **body}
+
+    def client(self, cid: str) -> ClientPlan:
+        for c in self.clients:
+            if c.id == cid:
+                return c
+        raise LoraPlannerError("client id", "one of the plan's clients", cid, f"Known: {', '.join(c.id for c in self.clients)}.")
+
+    def lora_config(self, profile: ModelProfile, cid: str):
+        """The client's ``peft.LoraConfig`` (imports peft only now)."""
+        from .adapter_config import to_lora_config
+
+        return to_lora_config(self.adapter_config(profile, cid))
+
+    def adapter_config(self, profile: ModelProfile, cid: str) -> dict:
+        c = self.client(cid)
+        return to_adapter_config(profile, c.assignment, alphas={(e.layer, e.module): e.alpha for e in c.entries})
+
+    def write(self, outdir: str | Path, profile: ModelProfile) -> None:
+        """OUTDIR/plan.json and OUTDIR/<client-id>/adapter_config.json (each written atomically)."""
+        outdir = Path(outdir)
+        configs = {c.id: self.adapter_config(profile, c.id) for c in self.clients if c.status == "planned"}
+        for cid, cfg in configs.items():
+            write_json_atomic(outdir / cid / "adapter_config.json", cfg)
+        write_json_atomic(outdir / "plan.json", self.to_json())
+
+
+def load_plan(path: str | Path) -> Plan:
+    path = Path(path)
+    try:
+        body = json.loads(path.read_text())
+    except OSError as exc:
+        raise LoraPlannerError("PLAN", "a readable plan.json", str(path), f"({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise LoraPlannerError("PLAN", "valid JSON", f"{path} (line {exc.lineno})", "Regenerate it with `lora-planner solve -o`.") from None
+    if not isinstance(body, dict) or body.get("schema_version") != PLAN_SCHEMA_VERSION:
+        raise LoraPlannerError("PLAN: schema_version", str(PLAN_SCHEMA_VERSION), body.get("schema_version") if isinstance(body, dict) else body,
+                               "Regenerate it with this version's `lora-planner solve -o`.")
+    try:
+        clients = tuple(ClientPlan(**{**c, "entries": tuple(Entry(**e) for e in c["entries"])}) for c in body["clients"])
+        return Plan(**{**{k: v for k, v in body.items() if k != "schema_version"}, "clients": clients,
+                       "target_modules": tuple(body["target_modules"]), "ranks": tuple(body["ranks"])})
+    except (KeyError, TypeError) as exc:
+        raise LoraPlannerError("PLAN", "a well-formed plan.json", f"{path} ({exc})", "Regenerate it.") from None
+
+
+def minimum_budget(profile: ModelProfile, targets: Sequence[str], ranks: Sequence[int], batch: int, seq: int, reserve: int) -> int:
+    """The least budget at which any plan exists: one target at the smallest rank in the top block."""
+    top = profile.num_layers - 1
+    return min(predict_tensor_bytes(profile, {(top, m): min(ranks)}, batch, seq) for m in targets) + reserve
+
+
+def plan_fleet(profile: ModelProfile, clients: Sequence[ClientSpec], solver: str = "knapsack",
+               target_modules: Sequence[str] | None = None, ranks: Sequence[int] = DEFAULT_RANKS,
+               batch_size: int | None = None, seq_len: int | None = None, reserve_bytes: int = 0,
+               drop_infeasible: bool = False, alpha_ratio: float = 2.0, unit_bytes: int | None = None,
+               seed: int = 0, importance=None) -> Plan:
+    """Plan every client of a fleet.
+
+    Args:
+        profile: the model's memory profile.
+        clients: the fleet (ids unique; budgets in bytes).
+        solver: a name from ``lora_planner.solvers.SOLVERS``.
+        target_modules: candidate LoRA modules (default: the profile's, e.g. q and v).
+        ranks: allowed ranks (a client's own ``ranks`` override them).
+        reserve_bytes: runtime reserve subtracted from every budget (CUDA context, allocator).
+        drop_infeasible: drop clients whose budget is below the minimum instead of failing.
+        importance: optional [layers, targets] array of layer values (default: the profile's, else uniform).
+
+    Raises:
+        LoraPlannerError: on a bad fleet, solver or a budget below the minimum.
+    """
+    from .solvers import build_problem, get_solver
+
+    t0 = time.perf_counter()
+    entry = get_solver(solver)
+    if not clients:
+        raise LoraPlannerError("fleet", "at least one client", "an empty fleet", "Pass --memory-budget or --clients.")
+    seen = set()
+    for c in clients:
+        if not SAFE_ID.match(c.id):
+            raise LoraPlannerError("client id", "letters, digits, '.', '_' or '-' (it names a folder)", c.id, "Rename the client.")
+        if c.id in seen:
+            raise LoraPlannerError("client id", "unique", c.id, "Give every client its own id.")
+        seen.add(c.id)
+    batch = batch_size or profile.batch_size
+    seq = seq_len or profile.seq_len
+    targets = profile.resolve_targets(list(target_modules) if target_modules else None)
+    ranks = tuple(sorted(set(int(r) for r in ranks)))
+    if not ranks or min(ranks) <= 0:
+        raise LoraPlannerError("--ranks", "positive whole numbers", ranks, "E.g. --ranks 2,4,8,16,32,64.")
+
+    planned: dict[str, ClientPlan] = {}
+    feasible: list[ClientSpec] = []
+    for c in clients:
+        need = minimum_budget(profile, targets, c.ranks or ranks, batch, seq, reserve_bytes)
+        if c.memory_bytes < need:
+            if not drop_infeasible:
+                raise LoraPlannerError(
+                    f"memory budget of {c.id}", f"at least {format_size(need)} for {profile.name} at batch {batch} x {seq} tokens"
+                    + (f" with a {format_size(reserve_bytes)} reserve" if reserve_bytes else ""),
+                    format_size(c.memory_bytes), "Raise the budget, lower --batch-size/--seq-len, or pass --drop-infeasible.")
+            planned[c.id] = ClientPlan(c.id, c.memory_bytes, reserve_bytes, 0, 0, 0.0, (), solver, "dropped",
+                                       {"reason": f"needs at least {format_size(need)}"})
+        else:
+            feasible.append(c)
+
+    by_ranks: dict[tuple[int, ...], list[ClientSpec]] = {}
+    for c in feasible:
+        by_ranks.setdefault(tuple(sorted(c.ranks or ranks)), []).append(c)
+    for rset, group in by_ranks.items():
+        budgets = [c.memory_bytes - reserve_bytes for c in group]
+        problem = build_problem(profile, targets, rset, batch, seq, unit=unit_bytes, max_budget_bytes=max(budgets), values=importance)
+        caps = [problem.capacity(b) for b in budgets]
+        sols = entry.solve(problem, caps, group, seq_len=seq, batch=batch, seed=seed)
+        for c, sol in zip(group, sols):
+            a = sol.assignment
+            if not a:
+                planned[c.id] = ClientPlan(c.id, c.memory_bytes, reserve_bytes, 0, 0, 0.0, (), sol.solver, "dropped",
+                                           {"reason": f"{solver} found no configuration that fits"})
+                continue
+            tensor = predict_tensor_bytes(profile, a, batch, seq)
+            entries = tuple(Entry(l, m, r, alpha_ratio * r) for (l, m), r in sorted(a.items()))
+            planned[c.id] = ClientPlan(c.id, c.memory_bytes, reserve_bytes, tensor, tensor + reserve_bytes, round(sol.objective, 9),
+                                       entries, sol.solver, "planned", dict(getattr(sol, "extras", {}) or {}))
+    return Plan(profile=profile.name, profile_checksum=profile.to_json()["checksum"], batch_size=batch, seq_len=seq,
+                solver=solver, target_modules=targets, ranks=ranks, clients=tuple(planned[c.id] for c in clients),
+                seconds=round(time.perf_counter() - t0, 4))

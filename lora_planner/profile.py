@@ -1,0 +1,222 @@
+"""ModelProfile: what the profiler learnt about one model, as a checksummed JSON file.
+
+Memory terms are stored as coefficients over a shape basis (see ``BASIS``) so that one profile
+predicts any micro-batch size and sequence length; ``memory.py`` evaluates them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import LoraPlannerError, nearest
+
+SCHEMA_VERSION = 1
+# A term's bytes at (batch B, sequence S) with T = B*S tokens:
+#   c[0] + c[1]*T + c[2]*T*S + c[3]*S*S
+# (constant: weights and LoRA state; T: activations; T*S: attention scores; S^2: a shared mask).
+BASIS = ("1", "T", "T*S", "S^2")
+PHASES = ("fwd", "loss", "bwd", "opt")
+TERM_KINDS = ("fixed", "path", "path_low", "group", "module", "rank")
+
+Coeffs = tuple[float, ...]
+
+
+def basis(batch: int, seq: int) -> tuple[float, float, float, float]:
+    tokens = batch * seq
+    return (1.0, float(tokens), float(tokens * seq), float(seq * seq))
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """One LoRA-able linear module inside a transformer block (same in every block)."""
+
+    name: str  # relative to the block, e.g. "self_attn.q_proj"
+    in_features: int
+    out_features: int
+    group: str  # modules of one group read the same input tensor (stored once)
+    order: int  # position in the block's forward pass
+
+
+@dataclass(frozen=True)
+class PhaseTerms:
+    """The separable memory model of one phase of a training step (DESIGN §4).
+
+    peak = fixed + Σ_{l > low} path + path_low[m*] + Σ_{active groups} group[g]
+           + Σ_{(l,m)} (module[m] + r · rank[m])
+    where m* is the adapted module of the lowest trained block whose traversal costs most.
+    """
+
+    fixed: Coeffs
+    path: Coeffs
+    path_low: Mapping[str, Coeffs]
+    group: Mapping[str, Coeffs]
+    module: Mapping[str, Coeffs]
+    rank: Mapping[str, Coeffs]
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    name: str
+    architecture: str
+    task: str
+    num_layers: int
+    layer_prefix: str  # e.g. "model.layers": full names are f"{layer_prefix}.{i}.{module}"
+    modules: tuple[ModuleInfo, ...]
+    default_targets: tuple[str, ...]
+    max_positions: int | None
+    param_count: int
+    conditions: Mapping[str, Any]
+    phases: Mapping[str, PhaseTerms]
+    validation: Mapping[str, Any] = field(default_factory=dict)
+    importance: Mapping[str, Any] | None = None
+
+    # ---- names ----------------------------------------------------------------------------
+    @property
+    def module_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.modules)
+
+    def module(self, name: str) -> ModuleInfo:
+        for m in self.modules:
+            if m.name == name:
+                return m
+        raise LoraPlannerError("target module", f"one of the modules of {self.name}", name, nearest(name, self.module_names))
+
+    def full_name(self, layer: int, module: str) -> str:
+        return f"{self.layer_prefix}.{layer}.{module}"
+
+    def resolve_targets(self, targets: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+        """Map user target names ('q_proj' or 'self_attn.q_proj') to the profile's module names."""
+        if not targets:
+            return self.default_targets
+        out = []
+        for t in targets:
+            hits = [m.name for m in self.modules if m.name == t or m.name.endswith("." + t)]
+            if not hits:
+                raise LoraPlannerError(
+                    "target module", f"a linear module inside the blocks of {self.name}", t,
+                    nearest(t, sorted({m.name.split(".")[-1] for m in self.modules} | set(self.module_names))),
+                )
+            out += [h for h in hits if h not in out]
+        return tuple(out)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.conditions["batch_size"])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.conditions["seq_len"])
+
+    # ---- files ----------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        body = asdict(self)
+        body = {"schema_version": SCHEMA_VERSION, **body}
+        body["checksum"] = _checksum(body)
+        return body
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically (temp file + rename): a crash never leaves a partial profile."""
+        write_json_atomic(path, self.to_json())
+
+
+_TOP_KEYS = {f.name for f in ModelProfile.__dataclass_fields__.values()} | {"schema_version", "checksum"}
+
+
+def _checksum(body: Mapping[str, Any]) -> str:
+    payload = {k: v for k, v in body.items() if k != "checksum"}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(obj, indent=1) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def profile_from_json(body: Mapping[str, Any], source: str = "profile") -> ModelProfile:
+    """Validate and build a profile from parsed JSON. Raises LoraPlannerError on any defect."""
+    if not isinstance(body, dict):
+        raise LoraPlannerError(source, "a JSON object", type(body).__name__, "Regenerate it with `lora-planner profile`.")
+    version = body.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise LoraPlannerError(
+            f"{source}: schema_version", f"{SCHEMA_VERSION} (this lora-planner's)", version,
+            "Regenerate the profile with this version's `lora-planner profile`.",
+        )
+    unknown = set(body) - _TOP_KEYS
+    if unknown:
+        raise LoraPlannerError(f"{source}: keys", f"among {', '.join(sorted(_TOP_KEYS))}", ", ".join(sorted(unknown)), "Remove the unknown keys.")
+    missing = _TOP_KEYS - set(body) - {"validation", "importance"}
+    if missing:
+        raise LoraPlannerError(f"{source}: keys", "complete", f"missing {', '.join(sorted(missing))}", "Regenerate the profile.")
+    if body["checksum"] != _checksum(body):
+        raise LoraPlannerError(
+            f"{source}: checksum", "the checksum of its contents", body["checksum"],
+            "The file was edited or damaged; regenerate it with `lora-planner profile`.",
+        )
+    try:
+        modules = tuple(ModuleInfo(**m) for m in body["modules"])
+        phases = {
+            p: PhaseTerms(
+                fixed=tuple(t["fixed"]), path=tuple(t["path"]),
+                **{k: {n: tuple(c) for n, c in t[k].items()} for k in ("path_low", "group", "module", "rank")},
+            )
+            for p, t in body["phases"].items()
+        }
+        return ModelProfile(
+            name=body["name"], architecture=body["architecture"], task=body["task"],
+            num_layers=int(body["num_layers"]), layer_prefix=body["layer_prefix"], modules=modules,
+            default_targets=tuple(body["default_targets"]), max_positions=body["max_positions"],
+            param_count=int(body["param_count"]), conditions=dict(body["conditions"]), phases=phases,
+            validation=dict(body.get("validation") or {}), importance=body.get("importance"),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LoraPlannerError(source, "a well-formed lora-planner profile", f"a file with a bad field ({exc})", "Regenerate it.") from None
+
+
+def load_profile(path: str | os.PathLike) -> ModelProfile:
+    """Load a profile JSON file, checking schema version, keys and checksum."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise LoraPlannerError("--profile", "a readable profile file", str(path), f"({exc.strerror}) Check the path.") from None
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LoraPlannerError(
+            "--profile", "valid JSON", f"{path} (broken at line {exc.lineno})",
+            "The file is truncated or damaged; regenerate it with `lora-planner profile`.",
+        ) from None
+    return profile_from_json(body, source=str(path))
+
+
+# ---- shipped profiles ----------------------------------------------------------------------
+
+def profiles_dir() -> Path:
+    """Where shipped profiles live: $LORA_PLANNER_PROFILES, else the checkout's profiles/."""
+    env = os.environ.get("LORA_PLANNER_PROFILES")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "profiles"
+
+
+def shipped_models() -> list[str]:
+    d = profiles_dir()
+    return sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
+
+
+def shipped_profile(name: str) -> ModelProfile:
+    """The shipped profile of a model name such as 'llama-2-7b'."""
+    known = shipped_models()
+    if name not in known:
+        raise LoraPlannerError("--model", "a shipped model name", name, nearest(name, known) + " Or pass --profile FILE.")
+    return load_profile(profiles_dir() / f"{name}.json")

@@ -1,0 +1,196 @@
+"""Build a Hugging Face model from its config with LoRA attached, on fake or real tensors.
+
+Fake: the model and its PEFT wrapper are built on the meta device, then, inside a
+``FakeTensorMode``, every parameter and buffer is replaced by a fresh fake tensor (tied weights
+stay tied). No weights, no memory, no GPU. (Building under FakeTensorMode and then calling
+``get_peft_model`` fails in torch 2.13; plain meta tensors fail in transformers' mask code.)
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from ..errors import LoraPlannerError, nearest
+from ..profile import ModuleInfo, profiles_dir
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+TASKS = ("causal-lm", "seq-cls")
+
+
+def shipped_configs() -> dict[str, Path]:
+    d = profiles_dir() / "configs"
+    return {p.stem: p for p in sorted(d.glob("*.json"))} if d.is_dir() else {}
+
+
+def load_config(model: str):
+    """A transformers config from a shipped model name, a local HF folder or a config.json path."""
+    from transformers import AutoConfig
+
+    path = Path(model)
+    known = shipped_configs()
+    if model in known:
+        path = known[model]
+    elif path.is_dir():
+        path = path / "config.json"
+    elif not path.is_file():
+        raise LoraPlannerError("MODEL", "a shipped model name, a local Hugging Face folder or a config.json path", model,
+                               nearest(model, known))
+    try:
+        body = json.loads(path.read_text())
+        body = {k: v for k, v in body.items() if not k.startswith("_lp_")}
+        model_type = body.pop("model_type")
+        return AutoConfig.for_model(model_type, **body)
+    except OSError as exc:
+        raise LoraPlannerError("MODEL", "a readable config.json", str(path), f"({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise LoraPlannerError("MODEL", "a valid config.json", f"{path} (JSON broken at line {exc.lineno})", "Fix the file.") from None
+    except (KeyError, ValueError, TypeError) as exc:
+        raise LoraPlannerError("MODEL", "a transformers config with a known model_type", str(path), f"({exc})") from None
+
+
+def default_task(config) -> str:
+    arch = (getattr(config, "architectures", None) or [""])[0]
+    return "causal-lm" if ("CausalLM" in arch or "LMHead" in arch) else "seq-cls"
+
+
+def num_layers(config) -> int:
+    return int(config.num_hidden_layers)
+
+
+def truncated(config, layers: int):
+    """A copy of the config with only the first ``layers`` blocks (per-layer lists sliced too)."""
+    cfg = config.__class__.from_dict(config.to_dict())
+    n = num_layers(config)
+    for key, value in cfg.to_dict().items():
+        if isinstance(value, list) and len(value) == n and key != "architectures":
+            setattr(cfg, key, value[:layers])
+    cfg.num_hidden_layers = layers
+    return cfg
+
+
+def _model_class(task: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+
+
+def build_base(config, task: str, dtype: str, meta: bool, attn_implementation: str | None = None):
+    cls = _model_class(task)
+    kwargs = {"dtype": DTYPES[dtype]}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    ctx = torch.device("meta") if meta else contextlib.nullcontext()
+    with ctx:
+        return cls.from_config(config, **kwargs)
+
+
+def find_blocks(model) -> tuple[str, torch.nn.ModuleList]:
+    """The ModuleList of transformer blocks: the largest ModuleList of identical blocks."""
+    best = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) > 0:
+            if best is None or len(mod) > len(best[1]):
+                best = (name, mod)
+    if best is None:
+        raise LoraPlannerError("MODEL", "a transformer with a list of blocks", type(model).__name__, "This architecture is not supported.")
+    return best
+
+
+def linear_modules(block) -> dict[str, tuple[int, int]]:
+    """name -> (in_features, out_features) of the LoRA-able linear layers in one block."""
+    from transformers.pytorch_utils import Conv1D
+
+    out = {}
+    for name, mod in block.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            out[name] = (mod.in_features, mod.out_features)
+        elif isinstance(mod, Conv1D):
+            out[name] = (mod.weight.shape[0], mod.weight.shape[1])
+    return out
+
+
+def materialize_fake(model):
+    """Swap every meta parameter and buffer for a fake tensor (call inside FakeTensorMode)."""
+    memo: dict[int, torch.Tensor] = {}
+    for mod in model.modules():
+        for key, p in list(mod._parameters.items()):
+            if p is None:
+                continue
+            if id(p) not in memo:
+                memo[id(p)] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype), requires_grad=p.requires_grad)
+            mod._parameters[key] = memo[id(p)]
+        for key, b in list(mod._buffers.items()):
+            if b is None:
+                continue
+            if id(b) not in memo:
+                memo[id(b)] = torch.zeros(b.shape, dtype=b.dtype) if b.dtype in (torch.long, torch.int, torch.bool) else torch.empty(b.shape, dtype=b.dtype)
+            mod._buffers[key] = memo[id(b)]
+
+
+def lora_config_for(prefix: str, assignment: Mapping[tuple[int, str], int], task: str, alpha: float | None = None):
+    """A peft.LoraConfig adapting exactly these (layer, module) entries at these ranks."""
+    from peft import LoraConfig
+
+    names = {k: f"{prefix}.{k[0]}.{k[1]}" for k in assignment}
+    ranks = list(assignment.values())
+    return LoraConfig(
+        r=max(set(ranks), key=ranks.count),
+        lora_alpha=alpha or 16,
+        target_modules=sorted(names.values()),
+        rank_pattern={re.escape(names[k]): r for k, r in assignment.items()},
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM" if task == "causal-lm" else "SEQ_CLS",
+    )
+
+
+@dataclass
+class Discovery:
+    prefix: str
+    modules: tuple[ModuleInfo, ...]
+    param_count: int
+    max_positions: int | None
+    attn_implementation: str
+
+
+def discover(config, task: str, dtype: str) -> Discovery:
+    """Find the blocks, their linear modules, forward order and input-sharing groups (one fake forward)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    small = truncated(config, min(num_layers(config), 2))
+    model = build_base(small, task, dtype, meta=True)
+    prefix, blocks = find_blocks(model)
+    lin = linear_modules(blocks[0])
+    seen: list[tuple[str, int]] = []
+    hooks = [blocks[0].get_submodule(n).register_forward_hook(
+        lambda mod, args, out, n=n: seen.append((n, id(args[0].untyped_storage())))) for n in lin]
+    with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
+        materialize_fake(model)
+        model(**example_inputs(small, task, 1, 8))
+    for h in hooks:
+        h.remove()
+    order, group_of, storage_group = {}, {}, {}
+    for n, sid in seen:
+        order.setdefault(n, len(order))
+        group_of.setdefault(n, storage_group.setdefault(sid, n))
+    modules = tuple(ModuleInfo(name=n, in_features=lin[n][0], out_features=lin[n][1], group=group_of.get(n, n),
+                               order=order.get(n, len(lin))) for n in sorted(lin, key=lambda n: order.get(n, 99)))
+    full = build_base(config, task, dtype, meta=True)
+    params = sum(p.numel() for p in full.parameters())
+    return Discovery(prefix=prefix, modules=modules, param_count=params,
+                     max_positions=getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None),
+                     attn_implementation=str(getattr(full.config, "_attn_implementation", "default")))
+
+
+def example_inputs(config, task: str, batch: int, seq: int) -> dict[str, torch.Tensor]:
+    ids = torch.zeros((batch, seq), dtype=torch.long)
+    if task == "causal-lm":
+        # use_cache=False: a training step keeps no KV cache (it would hold k/v of every block).
+        return {"input_ids": ids, "labels": ids, "use_cache": False}
+    return {"input_ids": ids, "labels": torch.zeros((batch,), dtype=torch.long)}
+

@@ -1,0 +1,172 @@
+"""Derive the separable memory terms from designed traces, then validate them on full traces.
+
+Design (on a 2-block slice of the model at full width; blocks are identical, so terms carry over):
+for each module m, with t the top block and t1 the one below, m0 the last module in forward order,
+  A_m {(t,m): r0}     B_m {(t,m): r1}     C_m {(t1,m): r0}     D_m {(t1,m0): r0, (t,m): r0}
+and for each group G of modules sharing an input: E_G {(t1,m0): r0} ∪ {(t,m): r0 for m in G}.
+Each phase's peak is linear in: 1, blocks above the lowest, which module is lowest, active
+groups, adapted modules, and the sum of ranks per module; least squares recovers the terms
+exactly. (path_low[m0] is folded into ``fixed``: every step has exactly one lowest module.)
+This is repeated at four shapes to fit each term over BASIS; the frozen weights of the blocks
+cut away are added back exactly.
+"""
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..memory import Assignment, predict_phases
+from ..profile import BASIS, PHASES, ModelProfile, ModuleInfo, PhaseTerms, basis
+
+R0, R1 = 8, 32
+
+
+def fit_shapes(batch: int, seq: int) -> list[tuple[int, int]]:
+    """Four shapes whose basis rows are independent; the first is the asked one."""
+    half = max(seq // 2, 1)
+    quarter = max(seq // 4, 1)
+    return [(batch, seq), (2 * batch, seq), (batch, half), (2 * batch, quarter)]
+
+
+def holdout_shape(batch: int, seq: int) -> tuple[int, int]:
+    return (batch + 1, max((3 * seq) // 4, 1))
+
+
+def design(modules: Sequence[ModuleInfo], top: int) -> list[Assignment]:
+    t, t1 = top, top - 1
+    m0 = max(modules, key=lambda m: m.order).name
+    out: list[Assignment] = []
+    for m in modules:
+        out += [{(t, m.name): R0}, {(t, m.name): R1}, {(t1, m.name): R0}, {(t1, m0): R0, (t, m.name): R0}]
+    groups: dict[str, list[str]] = {}
+    for m in modules:
+        groups.setdefault(m.group, []).append(m.name)
+    for members in groups.values():
+        if len(members) > 1:
+            out.append({(t1, m0): R0, **{(t, n): R0 for n in members}})
+    return out
+
+
+def _columns(modules: Sequence[ModuleInfo]) -> tuple[list[tuple[str, str]], str, set[str]]:
+    m0 = max(modules, key=lambda m: m.order).name
+    sizes: dict[str, int] = {}
+    for m in modules:
+        sizes[m.group] = sizes.get(m.group, 0) + 1
+    multi = {g for g, n in sizes.items() if n > 1}
+    cols = [("fixed", ""), ("path", "")]
+    cols += [("path_low", m.name) for m in modules if m.name != m0]
+    cols += [("group", g) for g in sorted(multi)]
+    cols += [("module", m.name) for m in modules] + [("rank", m.name) for m in modules]
+    return cols, m0, multi
+
+
+def features(a: Assignment, modules: Sequence[ModuleInfo], num_layers: int) -> np.ndarray:
+    cols, m0, multi = _columns(modules)
+    index = {c: i for i, c in enumerate(cols)}
+    group_of = {m.name: m.group for m in modules}
+    x = np.zeros(len(cols))
+    low = min(layer for layer, _ in a)
+    x[index[("fixed", "")]] = 1
+    x[index[("path", "")]] = num_layers - 1 - low
+    low_mods = [m for (layer, m) in a if layer == low]
+    assert len(low_mods) == 1, "designed configurations have one module in the lowest block"
+    if low_mods[0] != m0:
+        x[index[("path_low", low_mods[0])]] = 1
+    active = {(layer, group_of[m]) for (layer, m) in a}
+    for _, g in active:
+        if g in multi:
+            x[index[("group", g)]] += 1
+    for (_, m), r in a.items():
+        x[index[("module", m)]] += 1
+        x[index[("rank", m)]] += r
+    return x
+
+
+def solve_terms(traces: Sequence[tuple[Assignment, Mapping[str, int]]], modules: Sequence[ModuleInfo],
+                num_layers: int) -> tuple[dict[str, dict[tuple[str, str], float]], float]:
+    """Least squares per phase; returns terms per phase and the worst absolute residual (bytes)."""
+    cols, _, _ = _columns(modules)
+    X = np.stack([features(a, modules, num_layers) for a, _ in traces])
+    out, worst = {}, 0.0
+    for phase in PHASES:
+        y = np.array([float(p[phase]) for _, p in traces])
+        coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+        worst = max(worst, float(np.max(np.abs(X @ coef - y))))
+        out[phase] = {c: float(v) for c, v in zip(cols, coef)}
+    return out, worst
+
+
+def fit_basis(values_by_shape: Sequence[tuple[tuple[int, int], float]]) -> tuple[float, ...]:
+    """Coefficients over BASIS reproducing the term's value at each fitted shape."""
+    A = np.array([basis(b, s) for (b, s), _ in values_by_shape])
+    y = np.array([v for _, v in values_by_shape])
+    scale = np.maximum(np.abs(A).max(axis=0), 1.0)
+    coef, *_ = np.linalg.lstsq(A / scale, y, rcond=None)
+    return tuple(float(c) for c in coef / scale)
+
+
+def assemble(per_shape: Mapping[tuple[int, int], Mapping[str, Mapping[tuple[str, str], float]]],
+             modules: Sequence[ModuleInfo], frozen_gap_bytes: float) -> dict[str, PhaseTerms]:
+    """Per-shape, per-phase term values -> PhaseTerms with BASIS coefficients."""
+    cols, m0, multi = _columns(modules)
+    shapes = list(per_shape)
+    phases = {}
+    for phase in PHASES:
+        coeffs = {c: fit_basis([(s, per_shape[s][phase][c]) for s in shapes]) for c in cols}
+        fixed = list(coeffs[("fixed", "")])
+        fixed[0] += frozen_gap_bytes
+        phases[phase] = PhaseTerms(
+            fixed=tuple(fixed), path=coeffs[("path", "")],
+            path_low={m.name: (coeffs[("path_low", m.name)] if m.name != m0 else (0.0,) * len(BASIS)) for m in modules},
+            group={g: coeffs[("group", g)] for g in sorted(multi)},
+            module={m.name: coeffs[("module", m.name)] for m in modules},
+            rank={m.name: coeffs[("rank", m.name)] for m in modules},
+        )
+    return phases
+
+
+def random_assignments(modules: Sequence[str], num_layers: int, n: int, seed: int,
+                       ranks: Sequence[int] = (1, 2, 4, 8, 16, 32, 64)) -> list[Assignment]:
+    """Random LoRA assignments: a random lowest layer, random modules above it, random ranks."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        low = rng.randrange(num_layers)
+        density = rng.choice([0.1, 0.3, 0.6, 1.0])
+        a = {}
+        for layer in range(low, num_layers):
+            for m in modules:
+                if rng.random() < density:
+                    a[(layer, m)] = rng.choice(list(ranks))
+        a.setdefault((low, rng.choice(list(modules))), rng.choice(list(ranks)))
+        out.append(a)
+    return out
+
+
+def validate(profile: ModelProfile, measured_peaks: Sequence[Mapping[str, int]], assignments: Sequence[Assignment],
+             shape: tuple[int, int] | None = None) -> dict:
+    """Predicted vs measured peak for each assignment; relative errors (+ = over-prediction)."""
+    batch, seq = shape or (profile.batch_size, profile.seq_len)
+    rows = []
+    for a, peaks in zip(assignments, measured_peaks):
+        measured = max(peaks.values())
+        predicted = max(predict_phases(profile, a, batch, seq).values())
+        rows.append({"entries": len(a), "lowest_layer": min(l for l, _ in a), "batch_size": batch, "seq_len": seq,
+                     "predicted_bytes": predicted, "measured_bytes": measured,
+                     "rel_error": (predicted - measured) / measured})
+    return summarize(rows)
+
+
+def summarize(rows: list[dict]) -> dict:
+    errs = [r["rel_error"] for r in rows]
+    return {
+        "n": len(rows),
+        "median_abs_rel_error": statistics.median(abs(e) for e in errs) if errs else math.nan,
+        "max_abs_rel_error": max(abs(e) for e in errs) if errs else math.nan,
+        "worst_under_prediction": -min(min(errs), 0.0) if errs else math.nan,
+        "rows": rows,
+    }

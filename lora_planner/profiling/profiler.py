@@ -1,0 +1,160 @@
+"""profile_model: config in, validated ModelProfile out."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+from .. import __version__
+from ..errors import LoraPlannerError
+from ..memory import check_shape
+from ..profile import ModelProfile
+from . import fit
+from .build import DTYPES, TASKS, default_task, discover, load_config, num_layers, truncated
+from .trace import trace_assignment
+
+METHODS = ("traced", "measured", "cuda")
+FIT_LAYERS = 2
+
+
+def peft_default_targets(config, module_names: Sequence[str]) -> tuple[str, ...]:
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as MAP
+
+    wanted = MAP.get(config.model_type) or []
+    hits = tuple(n for n in module_names if n.split(".")[-1] in wanted)
+    return hits or tuple(module_names[:1])
+
+
+def _block_frozen_bytes(config, task: str, dtype: str, prefix: str) -> int:
+    from .build import build_base
+
+    one = build_base(truncated(config, 1), task, dtype, meta=True)
+    block = one.get_submodule(prefix)[0]
+    return sum(t.numel() * t.element_size() for t in list(block.parameters()) + list(block.buffers()))
+
+
+def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: str = "bf16", task: str | None = None,
+                  num_labels: int = 2, target_modules: Sequence[str] | None = None, method: str = "traced",
+                  validate: int = 10, seed: int = 0, name: str | None = None, workers: int | None = None,
+                  progress: Callable[[str, int], Callable[[], None]] | None = None) -> ModelProfile:
+    """Profile one model's training memory (DESIGN §4) and validate the separable model.
+
+    Args:
+        model: a shipped model name, a local Hugging Face folder, or a config.json path.
+        batch_size, seq_len: the micro-batch shape the profile states (others are predicted).
+        dtype: frozen-weight dtype ("bf16", "fp16", "fp32"); adapters use PEFT's default dtype.
+        task: "causal-lm" or "seq-cls" (default from the config's architecture).
+        target_modules: default LoRA targets recorded in the profile (PEFT's defaults if None).
+        method: "traced" (fake tensors), "measured" (real CPU tensors) or "cuda".
+        validate: number of full-depth assignments to validate on (at least 10 recommended).
+        workers: trace processes (default: one per CPU core, at most 2 on CPU tracing).
+        progress: ``progress(label, total)`` returns a callable ticked once per trace.
+
+    Raises:
+        LoraPlannerError: on any bad argument (one line each).
+    """
+    if dtype not in DTYPES:
+        raise LoraPlannerError("--dtype", f"one of {', '.join(DTYPES)}", dtype, "E.g. --dtype bf16.")
+    if method not in METHODS:
+        raise LoraPlannerError("--method", f"one of {', '.join(METHODS)}", method, "E.g. --method traced.")
+    config = load_config(model)
+    task = task or default_task(config)
+    if task not in TASKS:
+        raise LoraPlannerError("--task", f"one of {', '.join(TASKS)}", task, "E.g. --task causal-lm.")
+    if task == "seq-cls":
+        if num_labels < 1:
+            raise LoraPlannerError("--num-labels", "a positive whole number", num_labels, "E.g. --num-labels 77.")
+        config.num_labels = num_labels
+    n_layers = num_layers(config)
+    if n_layers < FIT_LAYERS:
+        raise LoraPlannerError("MODEL", f"a model with at least {FIT_LAYERS} blocks", n_layers, "")
+    t_start = time.perf_counter()
+    disc = discover(config, task, dtype)
+    draft = ModelProfile(name=name or model, architecture=(config.architectures or [type(config).__name__])[0], task=task,
+                         num_layers=n_layers, layer_prefix=disc.prefix, modules=disc.modules, default_targets=(),
+                         max_positions=disc.max_positions, param_count=disc.param_count, conditions={}, phases={})
+    check_shape(draft, batch_size, seq_len)
+    targets = draft.resolve_targets(list(target_modules)) if target_modules else peft_default_targets(config, draft.module_names)
+
+    small = truncated(config, FIT_LAYERS)
+    designs = fit.design(disc.modules, FIT_LAYERS - 1)
+    shapes = fit.fit_shapes(batch_size, seq_len)
+    if seq_len < 4:
+        shapes = [(batch_size, seq_len), (2 * batch_size, seq_len), (3 * batch_size, seq_len), (4 * batch_size, seq_len)]
+    tick = progress("fit traces", len(designs) * len(shapes)) if progress else None
+    jobs = [(small, task, dtype, disc.prefix, a, b, s, method, seed) for b, s in shapes for a in designs]
+    peaks = run_traces(jobs, workers, tick)
+    per_shape, residual = {}, 0.0
+    for i, (b, s) in enumerate(shapes):
+        traces = list(zip(designs, peaks[i * len(designs):(i + 1) * len(designs)]))
+        per_shape[(b, s)], worst = fit.solve_terms(traces, disc.modules, FIT_LAYERS)
+        residual = max(residual, worst)
+    gap = (n_layers - FIT_LAYERS) * _block_frozen_bytes(config, task, dtype, disc.prefix)
+    phases = fit.assemble(per_shape, disc.modules, gap)
+    conditions = {
+        "batch_size": batch_size, "seq_len": seq_len, "dtype": dtype,
+        "adapter_dtype": "fp32" if dtype != "fp32" else "fp32",  # PEFT autocasts adapters to fp32
+        "optimizer": "adamw", "attn_implementation": disc.attn_implementation,
+        "gradient_checkpointing": False, "method": method, "lora_dropout": 0.0,
+        "step": "steady state: 2nd of 2 identical steps (zero_grad(set_to_none), fwd, bwd, AdamW step)",
+        "fit_residual_bytes": round(residual, 1),
+        "versions": _versions(),
+    }
+    profile = ModelProfile(name=draft.name, architecture=draft.architecture, task=task, num_layers=n_layers,
+                           layer_prefix=disc.prefix, modules=disc.modules, default_targets=targets,
+                           max_positions=disc.max_positions, param_count=disc.param_count, conditions=conditions,
+                           phases=phases)
+
+    def measure_all(assignments, b, s):
+        return run_traces([(config, task, dtype, disc.prefix, a, b, s, method, seed) for a in assignments], workers, tick)
+
+    checks = [{(layer, m): 8 for m in targets} for layer in sorted({0, n_layers // 2, n_layers - 1})]
+    checks += fit.random_assignments(draft.module_names, n_layers, max(validate - len(checks), 0), seed)
+    checks = checks[:max(validate, 0)]
+    holdout = fit.random_assignments(draft.module_names, n_layers, 2 if validate else 0, seed + 1)
+    tick = progress("validation traces", len(checks) + len(holdout)) if progress else None
+    validation = fit.validate(profile, measure_all(checks, batch_size, seq_len), checks)
+    hb, hs = fit.holdout_shape(batch_size, seq_len)
+    if profile.max_positions and hs > profile.max_positions:
+        hs = profile.max_positions
+    shape_check = fit.validate(profile, measure_all(holdout, hb, hs), holdout, shape=(hb, hs))
+    validation["shape_holdout"] = shape_check
+    validation["seconds"] = round(time.perf_counter() - t_start, 2)
+    return ModelProfile(**{**profile.__dict__, "validation": validation})
+
+
+def _trace_job(job):
+    return trace_assignment(*job[:7], method=job[7], seed=job[8])
+
+
+def run_traces(jobs: list, workers: int | None, tick=None) -> list[dict[str, int]]:
+    """Run trace jobs, in a pool of forked processes when workers > 1 (fake tracing is CPU-bound Python)."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = workers if workers is not None else min(os.cpu_count() or 1, 2)
+    if workers <= 1 or len(jobs) < 4 or jobs[0][7] == "cuda":
+        out = []
+        for job in jobs:
+            out.append(_trace_job(job))
+            if tick:
+                tick()
+        return out
+    # forkserver, not fork: a child forked from a parent whose OpenMP pool has run can hang.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["lora_planner.profiling.trace"])
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        out = []
+        for result in pool.map(_trace_job, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
+            out.append(result)
+            if tick:
+                tick()
+        return out
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    return {"lora_planner": __version__, "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}

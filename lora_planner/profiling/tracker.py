@@ -1,0 +1,51 @@
+"""Live tensor bytes, tracked at the dispatcher: works on fake tensors (no memory) and real ones.
+
+Every tensor an op returns is counted once per storage; a weak reference to the storage takes its
+bytes off again when autograd or Python frees it. Peaks are kept per phase of the step.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map_only
+
+
+class LiveBytes(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.phase = "start"
+        self.peaks: dict[str, int] = {}
+        self._refs: dict[int, weakref.ref] = {}
+
+    def track(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        key = id(storage)
+        if key in self._refs:
+            return
+        n = storage.nbytes()
+        self.live += n
+        if self.live > self.peaks.get(self.phase, 0):
+            self.peaks[self.phase] = self.live
+
+        def free(_ref, key=key, n=n):
+            self.live -= n
+            self._refs.pop(key, None)
+
+        self._refs[key] = weakref.ref(storage, free)
+
+    def track_all(self, tensors) -> None:
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                self.track(t)
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.peaks[phase] = max(self.peaks.get(phase, 0), self.live)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tree_map_only(torch.Tensor, self.track, out)
+        return out

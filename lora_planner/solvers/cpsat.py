@@ -1,0 +1,64 @@
+"""The same exact problem as an OR-Tools CP-SAT model (reference implementation)."""
+from __future__ import annotations
+
+from .knapsack import Solution
+from .problem import Problem
+
+VALUE_SCALE = 10**9  # CP-SAT needs integer objective coefficients
+
+
+def available() -> bool:
+    try:
+        import ortools.sat.python.cp_model  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def solve_cpsat_one(problem: Problem, capacity: int, time_limit: float = 60.0) -> Solution:
+    from ortools.sat.python import cp_model
+
+    p, L, M, R = problem, problem.num_layers, len(problem.targets), len(problem.ranks)
+    model = cp_model.CpModel()
+    # variables: x = module m of block l has rank r; y = block l is the lowest trained block
+    x = {(l, m, r): model.new_bool_var(f"x{l}_{m}_{r}") for l in range(L) for m in range(M) for r in range(R)}
+    y = [model.new_bool_var(f"y{l}") for l in range(L)]
+    model.add_exactly_one(y)
+    z = [sum(y[: l + 1]) for l in range(L)]  # block l is traversed by backward
+    adapted = {(l, m): sum(x[l, m, r] for r in range(R)) for l in range(L) for m in range(M)}
+    # one rank per module, and only in traversed blocks
+    for (l, m), a in adapted.items():
+        model.add(a <= z[l])
+    # the lowest block carries at least one adapter
+    for l in range(L):
+        model.add(y[l] <= sum(adapted[l, m] for m in range(M)))
+    # a group's shared input is stored once if any member is adapted
+    G = problem.group.shape[1]
+    act = {(l, g): model.new_bool_var(f"a{l}_{g}") for l in range(L) for g in range(G)}
+    for (l, m), a in adapted.items():
+        model.add(act[l, problem.group_index[m]] >= a)
+    # memory of every phase that can bind
+    for pi in range(len(problem.phases)):
+        hi = int(problem.path_low[pi].max())
+        w = [model.new_int_var(0, hi, f"w{pi}_{l}") for l in range(L)]
+        for l in range(L):
+            for m in range(M):
+                if problem.path_low[pi, m] > 0:  # the lowest block is traversed down to its deepest adapter
+                    model.add(w[l] >= int(problem.path_low[pi, m]) * (y[l] + adapted[l, m] - 1))
+        cost = int(problem.fixed[pi]) + int(problem.path[pi]) * sum(z[l] - y[l] for l in range(L)) + sum(w)
+        cost += sum(int(problem.group[pi, g]) * act[l, g] for l in range(L) for g in range(G))
+        cost += sum((int(problem.module[pi, m]) + int(problem.rank_cost[pi, m, r])) * x[l, m, r] for (l, m, r) in x)
+        model.add(cost <= int(capacity))
+    model.maximize(sum(int(round(problem.value[l, m, r] * VALUE_SCALE)) * x[l, m, r] for (l, m, r) in x))
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = time_limit
+    solver.parameters.num_workers = 1
+    status = solver.solve(model)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return Solution({}, 0.0, "infeasible", "cpsat")
+    a = {(l, problem.targets[m]): problem.ranks[r] for (l, m, r), v in x.items() if solver.value(v)}
+    return Solution(a, problem.objective(a), "optimal" if status == cp_model.OPTIMAL else "feasible", "cpsat")
+
+
+def solve_cpsat(problem: Problem, capacities: list[int]) -> list[Solution]:
+    return [solve_cpsat_one(problem, c) for c in capacities]

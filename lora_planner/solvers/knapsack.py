@@ -1,0 +1,109 @@
+"""Our exact solver: enumerate the lowest trained block, exact multiple-choice knapsack above it.
+
+One dynamic programme serves every client of a class (same profile, targets, ranks, values):
+  best[l][c] = the most value layers l..L-1 can add within c units (layers above the lowest),
+built from the top block down; then for each client and each candidate lowest block `low`,
+  value = max over non-empty options k of v[low,k] + best[low+1][cap - base(low) - cost_low(k)].
+Exact for the integer problem of ``problem.py`` when a single phase can bind (checked per
+instance); when another phase's limit cuts the DP's optimum, that client is re-solved with
+CP-SAT, the exact reference model, and the result says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .problem import Problem
+
+NEG = -1e18
+
+
+@dataclass
+class Solution:
+    assignment: dict[tuple[int, str], int]
+    objective: float
+    status: str  # "optimal" | "infeasible"
+    solver: str
+
+
+class KnapsackTables:
+    """The shared DP for one Problem, on the phase with the largest fixed cost (the usual binder)."""
+
+    def __init__(self, problem: Problem, max_capacity: int):
+        self.p = problem
+        self.primary = int(np.argmax(problem.fixed + problem.num_layers * problem.path))
+        self.opts = problem.options()  # [K, M]
+        self.cost_up = problem.option_costs(self.opts, lowest=False)  # [P, K]
+        self.cost_low = problem.option_costs(self.opts, lowest=True)
+        self.values = problem.option_values(self.opts)  # [L, K]
+        L, C = problem.num_layers, max(int(max_capacity), 0)
+        self.C = C
+        best = np.zeros(C + 1)
+        self.best = [None] * (L + 1)
+        self.choice = [None] * L
+        self.best[L] = best
+        cost = self.cost_up[self.primary]
+        for layer in range(L - 1, 0, -1):  # layer 0 is never "above the lowest"
+            new = best.copy()
+            arg = np.full(C + 1, -1, dtype=np.int32)
+            for k in range(len(cost)):
+                c = int(cost[k])
+                if c > C:
+                    continue
+                cand = np.full(C + 1, NEG)
+                cand[c:] = best[: C + 1 - c] + self.values[layer, k]
+                better = cand > new + 1e-12
+                new = np.where(better, cand, new)
+                arg = np.where(better, k, arg)
+            best = new
+            self.best[layer] = best
+            self.choice[layer] = arg
+
+    def solve(self, capacity: int) -> Solution:
+        """Exact optimum for one client with ``capacity`` units (primary phase)."""
+        p = self.p
+        top = -1.0
+        pick = None
+        cap = min(int(capacity), self.C)
+        for low in range(p.num_layers):
+            room = cap - int(p.base(low)[self.primary]) - self.cost_low[self.primary]  # [K]
+            ok = room >= 0
+            if not ok.any():
+                continue
+            above = self.best[low + 1]
+            val = np.where(ok, self.values[low] + above[np.clip(room, 0, None)], NEG)
+            k = int(np.argmax(val))
+            if val[k] > top + 1e-12:
+                top, pick = float(val[k]), (low, k, int(room[k]))
+        if pick is None:
+            return Solution({}, 0.0, "infeasible", "knapsack")
+        low, k, room = pick
+        assignment = self._entries(low, k)
+        for layer in range(low + 1, p.num_layers):
+            kk = int(self.choice[layer][room])
+            if kk >= 0:
+                assignment.update(self._entries(layer, kk))
+                room -= int(self.cost_up[self.primary][kk])
+        return Solution(assignment, p.objective(assignment), "optimal", "knapsack")
+
+    def _entries(self, layer: int, k: int) -> dict[tuple[int, str], int]:
+        return {(layer, self.p.targets[m]): self.p.ranks[int(ri)] for m, ri in enumerate(self.opts[k]) if ri >= 0}
+
+
+def solve_knapsack(problem: Problem, capacities: list[int]) -> list[Solution]:
+    """Exact plans for many clients of one class (capacities in units)."""
+    if not capacities:
+        return []
+    tables = KnapsackTables(problem, max(capacities))
+    out = []
+    for cap in capacities:
+        sol = tables.solve(cap)
+        if sol.status == "optimal" and np.any(problem.cost(sol.assignment) > cap):
+            # Another phase binds: the DP on the primary phase is not the whole problem here.
+            from .cpsat import solve_cpsat_one
+
+            sol = solve_cpsat_one(problem, cap)
+            sol.solver = "knapsack->cpsat"
+        out.append(sol)
+    return out

@@ -1,0 +1,68 @@
+"""The same exact problem as a PuLP MILP (bundled CBC; HiGHS when highspy is installed)."""
+from __future__ import annotations
+
+from .knapsack import Solution
+from .problem import Problem
+
+
+def available() -> bool:
+    try:
+        import pulp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _backend(name: str):
+    import pulp
+
+    if name == "highs":
+        solver = pulp.HiGHS(msg=False)
+        if solver.available():
+            return solver
+    return pulp.PULP_CBC_CMD(msg=False)
+
+
+def solve_milp_one(problem: Problem, capacity: int, backend: str = "cbc") -> Solution:
+    import pulp
+
+    p, L, M, R = problem, problem.num_layers, len(problem.targets), len(problem.ranks)
+    lp = pulp.LpProblem("lora_plan", pulp.LpMaximize)
+    # variables: x = module m of block l has rank r; y = block l is the lowest trained block
+    x = {(l, m, r): pulp.LpVariable(f"x_{l}_{m}_{r}", cat="Binary") for l in range(L) for m in range(M) for r in range(R)}
+    y = [pulp.LpVariable(f"y_{l}", cat="Binary") for l in range(L)]
+    lp += pulp.lpSum(problem.value[l, m, r] * x[l, m, r] for (l, m, r) in x)
+    lp += pulp.lpSum(y) == 1
+    z = [pulp.lpSum(y[: l + 1]) for l in range(L)]
+    adapted = {(l, m): pulp.lpSum(x[l, m, r] for r in range(R)) for l in range(L) for m in range(M)}
+    # one rank per module, and only in traversed blocks
+    for (l, m), a in adapted.items():
+        lp += a <= z[l]
+    # the lowest block carries at least one adapter
+    for l in range(L):
+        lp += y[l] <= pulp.lpSum(adapted[l, m] for m in range(M))
+    # a group's shared input is stored once if any member is adapted
+    G = problem.group.shape[1]
+    act = {(l, g): pulp.LpVariable(f"a_{l}_{g}", cat="Binary") for l in range(L) for g in range(G)}
+    for (l, m), a in adapted.items():
+        lp += act[l, problem.group_index[m]] >= a
+    # memory of every phase that can bind
+    for pi in range(len(problem.phases)):
+        w = [pulp.LpVariable(f"w_{pi}_{l}", lowBound=0) for l in range(L)]
+        for l in range(L):
+            for m in range(M):
+                if problem.path_low[pi, m] > 0:
+                    lp += w[l] >= int(problem.path_low[pi, m]) * (y[l] + adapted[l, m] - 1)
+        lp += (int(problem.fixed[pi]) + int(problem.path[pi]) * pulp.lpSum(z[l] - y[l] for l in range(L)) + pulp.lpSum(w)
+               + pulp.lpSum(int(problem.group[pi, g]) * act[l, g] for l in range(L) for g in range(G))
+               + pulp.lpSum((int(problem.module[pi, m]) + int(problem.rank_cost[pi, m, r])) * x[l, m, r] for (l, m, r) in x)
+               <= int(capacity))
+    lp.solve(_backend(backend))
+    if pulp.LpStatus[lp.status] != "Optimal":
+        return Solution({}, 0.0, "infeasible", f"milp-{backend}")
+    a = {(l, problem.targets[m]): problem.ranks[r] for (l, m, r), v in x.items() if (v.value() or 0) > 0.5}
+    return Solution(a, problem.objective(a), "optimal", f"milp-{backend}")
+
+
+def solve_milp(problem: Problem, capacities: list[int], backend: str = "cbc") -> list[Solution]:
+    return [solve_milp_one(problem, c, backend) for c in capacities]

@@ -1,0 +1,149 @@
+"""The planning problem of one client class, in integer byte units, shared by every exact solver.
+
+Every memory term of the profile (DESIGN §4) is evaluated at the asked shape and rounded *up* to
+whole units; budgets are rounded *down*. A plan that fits the integer problem therefore fits the
+real memory model, and knapsack / cpsat / milp solve the very same instance (so their optima are
+comparable to the last unit).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import LoraPlannerError
+from ..memory import evaluate
+from ..profile import ModelProfile
+from ..value import importance_matrix, rank_utility
+
+MAX_OPTIONS = 5000
+DP_CELLS = 2**16  # default unit: the largest budget split into this many cells
+
+
+@dataclass
+class Problem:
+    profile: ModelProfile
+    targets: tuple[str, ...]
+    ranks: tuple[int, ...]
+    unit: int  # bytes per unit
+    phases: tuple[str, ...]  # phases that can bind (dominated ones dropped)
+    fixed: np.ndarray  # [P]
+    path: np.ndarray  # [P]
+    path_low: np.ndarray  # [P, M]
+    group_index: tuple[int, ...]  # [M] -> group number
+    group: np.ndarray  # [P, G]
+    module: np.ndarray  # [P, M]
+    rank_cost: np.ndarray  # [P, M, R]
+    value: np.ndarray  # [L, M, R]
+
+    @property
+    def num_layers(self) -> int:
+        return self.profile.num_layers
+
+    def capacity(self, budget_bytes: int) -> int:
+        return budget_bytes // self.unit
+
+    # ---- per-layer options: a rank index (or -1 = none) for each target module ----------------
+    def options(self) -> np.ndarray:
+        """[K, M] rank indices (-1 = module not adapted), every non-empty combination."""
+        k = (len(self.ranks) + 1) ** len(self.targets) - 1
+        if k > MAX_OPTIONS:
+            raise LoraPlannerError("--target-modules/--ranks", f"at most {MAX_OPTIONS} per-layer combinations for the knapsack solver",
+                                   f"{k} ({len(self.targets)} modules x {len(self.ranks)} ranks)",
+                                   "Use fewer targets or ranks, or --solver cpsat / milp.")
+        combos = itertools.product(range(-1, len(self.ranks)), repeat=len(self.targets))
+        return np.array([c for c in combos if any(i >= 0 for i in c)], dtype=np.int64)
+
+    def option_costs(self, opts: np.ndarray, lowest: bool) -> np.ndarray:
+        """[P, K] units one block pays for each option (above the lowest block, path is paid anyway)."""
+        on = opts >= 0  # [K, M]
+        r = np.where(on, opts, 0)
+        m_idx = np.arange(len(self.targets))
+        cost = (self.module[:, None, :] * on[None]).sum(-1) + (self.rank_cost[:, m_idx, r] * on[None]).sum(-1)
+        groups = np.zeros((opts.shape[0], self.group.shape[1]), dtype=bool)
+        for m, g in enumerate(self.group_index):
+            groups[:, g] |= on[:, m]
+        cost = cost + (self.group[:, None, :] * groups[None]).sum(-1)
+        if lowest:
+            cost = cost + np.where(on[None], self.path_low[:, None, :], 0).max(-1)
+        return cost
+
+    def option_values(self, opts: np.ndarray) -> np.ndarray:
+        """[L, K] value of each option in each layer."""
+        on = opts >= 0
+        r = np.where(on, opts, 0)
+        m_idx = np.arange(len(self.targets))
+        return (self.value[:, m_idx, r] * on[None]).sum(-1)
+
+    def base(self, low: int) -> np.ndarray:
+        """[P] units paid whatever is adapted, when ``low`` is the lowest trained block."""
+        return self.fixed + (self.num_layers - 1 - low) * self.path
+
+    # ---- exact evaluation of an assignment in units --------------------------------------
+    def cost(self, assignment: dict[tuple[int, str], int]) -> np.ndarray:
+        """[P] units of an assignment (layer, module) -> rank under this integer model."""
+        m_of = {m: i for i, m in enumerate(self.targets)}
+        r_of = {r: i for i, r in enumerate(self.ranks)}
+        low = min(layer for layer, _ in assignment)
+        total = self.base(low).astype(np.int64)
+        by_layer: dict[int, list[tuple[int, int]]] = {}
+        for (layer, m), rank in assignment.items():
+            by_layer.setdefault(layer, []).append((m_of[m], r_of[rank]))
+        for layer, items in by_layer.items():
+            opt = np.full((1, len(self.targets)), -1, dtype=np.int64)
+            for mi, ri in items:
+                opt[0, mi] = ri
+            total = total + self.option_costs(opt, lowest=(layer == low))[:, 0]
+        return total
+
+    def objective(self, assignment: dict[tuple[int, str], int]) -> float:
+        m_of = {m: i for i, m in enumerate(self.targets)}
+        r_of = {r: i for i, r in enumerate(self.ranks)}
+        return float(sum(self.value[layer, m_of[m], r_of[r]] for (layer, m), r in assignment.items()))
+
+
+def _units(x: float, unit: int) -> int:
+    return max(int(math.ceil(x / unit - 1e-9)), 0)
+
+
+def build_problem(profile: ModelProfile, targets: tuple[str, ...], ranks: tuple[int, ...], batch: int | None = None,
+                  seq: int | None = None, unit: int | None = None, max_budget_bytes: int | None = None,
+                  values: np.ndarray | None = None) -> Problem:
+    """Evaluate the profile at the shape and round every term up to ``unit`` bytes.
+
+    Args:
+        unit: bytes per unit; default: the largest budget / 65,536 (at least 1 KiB).
+        values: optional [L, M] importance override (else the profile's, else uniform).
+    """
+    terms = evaluate(profile, batch, seq)
+    if unit is None:
+        unit = max(1024, (max_budget_bytes or 2**36) // DP_CELLS)
+    groups = sorted({profile.module(m).group for m in targets})
+    gidx = tuple(groups.index(profile.module(m).group) for m in targets)
+    # A phase that costs no more than another in every term can never bind: drop it.
+    names = list(terms)
+
+    def vec(t):
+        return np.array([t.fixed, t.path] + [t.path_low[m] for m in targets] + [t.group.get(g, 0.0) for g in groups]
+                        + [t.module[m] for m in targets] + [t.rank[m] for m in targets])
+
+    vecs = {p: vec(terms[p]) for p in names}
+    keep = [p for p in names if not any(q != p and np.all(vecs[q] >= vecs[p]) and (np.any(vecs[q] > vecs[p]) or names.index(q) < names.index(p)) for q in names)]
+    P = len(keep)
+    arr = lambda f: np.array([[_units(f(terms[p], x), unit) for x in range(len(targets))] for p in keep], dtype=np.int64)
+    imp = importance_matrix(profile, targets) if values is None else np.asarray(values, dtype=float)
+    r_max = max(ranks)
+    util = np.array([rank_utility(r, r_max) for r in ranks])
+    return Problem(
+        profile=profile, targets=targets, ranks=ranks, unit=unit, phases=tuple(keep),
+        fixed=np.array([_units(terms[p].fixed, unit) for p in keep], dtype=np.int64),
+        path=np.array([_units(terms[p].path, unit) for p in keep], dtype=np.int64),
+        path_low=arr(lambda t, i: t.path_low[targets[i]]),
+        group_index=gidx,
+        group=np.array([[_units(terms[p].group.get(g, 0.0), unit) for g in groups] for p in keep], dtype=np.int64).reshape(P, len(groups)),
+        module=arr(lambda t, i: t.module[targets[i]]),
+        rank_cost=np.array([[[_units(r * terms[p].rank[m], unit) for r in ranks] for m in targets] for p in keep], dtype=np.int64),
+        value=imp[:, :, None] * util[None, None, :],
+    )

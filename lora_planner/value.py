@@ -1,0 +1,30 @@
+"""Layer value (DESIGN §5): importance per (layer, module) times a concave rank utility."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .profile import ModelProfile
+
+
+def rank_utility(rank: int, r_max: int) -> float:
+    """u(r) = log2(1 + r) / log2(1 + r_max): rank is worth something, but not linearly."""
+    return math.log2(1 + rank) / math.log2(1 + r_max)
+
+
+def importance_matrix(profile: ModelProfile, targets: tuple[str, ...]) -> np.ndarray:
+    """(layers, targets) importance, summing to 1: the profile's stored score, else uniform.
+
+    Uniform is the documented prior when nothing was measured: every (layer, module) is worth
+    the same, so plans differ only by what memory allows (lower layers cost more to train).
+    """
+    imp = profile.importance or {}
+    values = imp.get("values") if isinstance(imp, dict) else None
+    if values and all(t in values for t in targets):
+        mat = np.array([[float(values[t][layer]) for t in targets] for layer in range(profile.num_layers)])
+    else:
+        mat = np.ones((profile.num_layers, len(targets)))
+    mat = np.clip(mat, 0.0, None)
+    total = mat.sum()
+    return mat / total if total > 0 else np.full_like(mat, 1.0 / mat.size)

@@ -106,10 +106,11 @@ def load_plan(path: str | Path) -> Plan:
         raise LoraPlannerError("PLAN", "a well-formed plan.json", f"{path} ({exc})", "Regenerate it.") from None
 
 
-def minimum_budget(profile: ModelProfile, targets: Sequence[str], ranks: Sequence[int], batch: int, seq: int, reserve: int) -> int:
-    """The least budget at which any plan exists: one target at the smallest rank in the top block."""
-    top = profile.num_layers - 1
-    return min(predict_tensor_bytes(profile, {(top, m): min(ranks)}, batch, seq) for m in targets) + reserve
+def minimum_budget(problem, reserve_bytes: int = 0) -> int:
+    """The least budget at which this integer problem has a plan: one target at the smallest rank in the top block."""
+    top = problem.num_layers - 1
+    r = min(problem.ranks)
+    return min(int(problem.cost({(top, m): r}).max()) for m in problem.targets) * problem.unit + reserve_bytes
 
 
 def plan_fleet(profile: ModelProfile, clients: Sequence[ClientSpec], solver: str = "knapsack",
@@ -153,10 +154,18 @@ def plan_fleet(profile: ModelProfile, clients: Sequence[ClientSpec], solver: str
         raise LoraPlannerError("--ranks", "positive whole numbers", ranks, "E.g. --ranks 2,4,8,16,32,64.")
 
     planned: dict[str, ClientPlan] = {}
-    feasible: list[ClientSpec] = []
+    by_ranks: dict[tuple[int, ...], list[ClientSpec]] = {}
     for c in clients:
-        need = minimum_budget(profile, targets, c.ranks or ranks, batch, seq, reserve_bytes)
-        if c.memory_bytes < need:
+        by_ranks.setdefault(tuple(sorted(c.ranks or ranks)), []).append(c)
+    for rset, group in by_ranks.items():
+        problem = build_problem(profile, targets, rset, batch, seq, unit=unit_bytes,
+                                max_budget_bytes=max(c.memory_bytes for c in group) - reserve_bytes, values=importance)
+        need = minimum_budget(problem, reserve_bytes)
+        feasible = []
+        for c in group:
+            if c.memory_bytes >= need:
+                feasible.append(c)
+                continue
             if not drop_infeasible:
                 raise LoraPlannerError(
                     f"memory budget of {c.id}", f"at least {format_size(need)} for {profile.name} at batch {batch} x {seq} tokens"
@@ -164,18 +173,9 @@ def plan_fleet(profile: ModelProfile, clients: Sequence[ClientSpec], solver: str
                     format_size(c.memory_bytes), "Raise the budget, lower --batch-size/--seq-len, or pass --drop-infeasible.")
             planned[c.id] = ClientPlan(c.id, c.memory_bytes, reserve_bytes, 0, 0, 0.0, (), solver, "dropped",
                                        {"reason": f"needs at least {format_size(need)}"})
-        else:
-            feasible.append(c)
-
-    by_ranks: dict[tuple[int, ...], list[ClientSpec]] = {}
-    for c in feasible:
-        by_ranks.setdefault(tuple(sorted(c.ranks or ranks)), []).append(c)
-    for rset, group in by_ranks.items():
-        budgets = [c.memory_bytes - reserve_bytes for c in group]
-        problem = build_problem(profile, targets, rset, batch, seq, unit=unit_bytes, max_budget_bytes=max(budgets), values=importance)
-        caps = [problem.capacity(b) for b in budgets]
-        sols = entry.solve(problem, caps, group, seq_len=seq, batch=batch, seed=seed)
-        for c, sol in zip(group, sols):
+        caps = [problem.capacity(c.memory_bytes - reserve_bytes) for c in feasible]
+        sols = entry.solve(problem, caps, feasible, seq_len=seq, batch=batch, seed=seed)
+        for c, sol in zip(feasible, sols):
             a = sol.assignment
             if not a:
                 planned[c.id] = ClientPlan(c.id, c.memory_bytes, reserve_bytes, 0, 0, 0.0, (), sol.solver, "dropped",

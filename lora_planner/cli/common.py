@@ -1,6 +1,7 @@
 """Helpers shared by commands: profile selection, tables, progress bars."""
 from __future__ import annotations
 
+import argparse
 import sys
 
 from ..errors import LoraPlannerError
@@ -28,7 +29,7 @@ def positive_int(field: str):
         except ValueError:
             value = None
         if value is None or value <= 0:
-            raise LoraPlannerError(field, "a positive whole number", text, f"E.g. {field} 1.")
+            raise argparse.ArgumentTypeError(str(LoraPlannerError(field, "a positive whole number", text, f"E.g. {field} 1.")))
         return value
     return parse
 

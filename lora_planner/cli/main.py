@@ -17,10 +17,18 @@ EPILOG = """examples:
 sizes: GiB/G = 2**30 bytes, GB = 10**9 bytes."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (with a pointer to --help) and exit code 2."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message.rstrip('.')}. See `{self.prog} --help`.", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import estimate_cmd, plot_cmd, profile_cmd, solve_cmd
 
-    parser = argparse.ArgumentParser(prog="lora-planner", description="Plan per-client LoRA layers and ranks under memory budgets.",
+    parser = OneLineParser(prog="lora-planner", description="Plan per-client LoRA layers and ranks under memory budgets.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     from .. import __version__
 
@@ -33,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

@@ -1,0 +1,120 @@
+"""One contract for every solver in the registry, on the tiny Llama profile (4 blocks)."""
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lora_planner import LoraPlannerError
+from lora_planner.fleet import ClientSpec
+from lora_planner.memory import predict_tensor_bytes
+from lora_planner.plan import minimum_budget, plan_fleet
+from lora_planner.solvers import SOLVERS, build_problem, get_solver
+
+TARGETS = ("self_attn.q_proj", "self_attn.v_proj")
+RANKS = (2, 8)
+EXACT = [n for n, e in SOLVERS.items() if e.exact and e.available()]
+
+
+@pytest.fixture(scope="module")
+def problem(tiny_llama_profile):
+    return build_problem(tiny_llama_profile, TARGETS, RANKS, unit=256)
+
+
+def brute_force(problem, cap):
+    """Every assignment of {none, 2, 8} to each (layer, target): 3^8 = 6,561 candidates."""
+    best = 0.0
+    keys = [(l, m) for l in range(problem.num_layers) for m in problem.targets]
+    for choice in itertools.product((None,) + problem.ranks, repeat=len(keys)):
+        a = {k: r for k, r in zip(keys, choice) if r}
+        if a and np.all(problem.cost(a) <= cap):
+            best = max(best, problem.objective(a))
+    return best
+
+
+def capacities(problem):
+    lo = int(problem.base(problem.num_layers - 1).max())
+    hi = int(problem.cost({(l, m): 8 for l in range(4) for m in TARGETS}).max())
+    return [lo + (hi - lo) * f // 10 for f in (1, 3, 5, 7, 9, 11)]
+
+
+@pytest.mark.parametrize("name", EXACT)
+def test_exact_solvers_equal_brute_force(problem, name):
+    caps = capacities(problem)
+    sols = get_solver(name).solve(problem, caps, [], seq_len=32, batch=2, seed=0)
+    for cap, sol in zip(caps, sols):
+        assert sol.objective == pytest.approx(brute_force(problem, cap), rel=1e-7, abs=1e-9)
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_every_plan_fits_its_budget(tiny_llama_profile, name):
+    if not SOLVERS[name].available():
+        pytest.skip(f"{name} not installed")
+    low = minimum_budget(build_problem(tiny_llama_profile, TARGETS, RANKS, unit=256))
+    clients = [ClientSpec(f"c{i}", int(low * f)) for i, f in enumerate((1.0, 1.05, 1.2, 1.5, 3.0))]
+    plan = plan_fleet(tiny_llama_profile, clients, solver=name, target_modules=TARGETS, ranks=RANKS, unit_bytes=256)
+    for c in plan.clients:
+        if c.status == "planned":
+            assert c.entries, "never an empty plan"
+            assert c.predicted_bytes <= c.budget_bytes
+            assert predict_tensor_bytes(tiny_llama_profile, c.assignment) == c.predicted_tensor_bytes
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fracs=st.lists(st.floats(0.0, 1.2), min_size=1, max_size=3))
+def test_exact_solvers_agree_with_each_other(problem, fracs):
+    lo = int(problem.base(problem.num_layers - 1).max())
+    hi = int(problem.cost({(l, m): 8 for l in range(4) for m in TARGETS}).max())
+    caps = [int(lo + f * (hi - lo)) for f in fracs]
+    results = {n: [s.objective for s in get_solver(n).solve(problem, caps, [], seq_len=32, batch=2, seed=0)] for n in EXACT}
+    first = results[EXACT[0]]
+    for n in EXACT[1:]:
+        assert results[n] == pytest.approx(first, rel=1e-7, abs=1e-9), n
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(a=st.integers(0, 4000), b=st.integers(0, 4000))
+def test_a_larger_budget_never_lowers_the_optimum(problem, a, b):
+    lo = int(problem.base(problem.num_layers - 1).max())
+    small, large = sorted((lo + a, lo + b))
+    s, l_ = get_solver("knapsack").solve(problem, [small, large], [], seq_len=32, batch=2, seed=0)
+    assert l_.objective >= s.objective - 1e-12
+
+
+def test_uniform_gives_everyone_the_smallest_clients_rank(tiny_llama_profile):
+    low = minimum_budget(build_problem(tiny_llama_profile, TARGETS, RANKS, unit=256))
+    clients = [ClientSpec("tiny", low), ClientSpec("mid", int(low * 1.3)), ClientSpec("big", int(low * 3))]
+    plan = plan_fleet(tiny_llama_profile, clients, solver="uniform", target_modules=TARGETS, ranks=RANKS, drop_infeasible=True, unit_bytes=256)
+    ranks = {c.id: {e.rank for e in c.entries} for c in plan.clients if c.status == "planned"}
+    assert len(set(map(frozenset, ranks.values()))) == 1
+    het = plan_fleet(tiny_llama_profile, clients, solver="hetlora", target_modules=TARGETS, ranks=RANKS, drop_infeasible=True, unit_bytes=256)
+    big = het.client("big")
+    assert {e.rank for e in big.entries} == {8} and len(big.entries) == 8
+
+
+def test_depth_rank_reports_time_and_bytes_with_ranks_rising_to_the_output(tiny_llama_profile):
+    low = minimum_budget(build_problem(tiny_llama_profile, TARGETS, RANKS, unit=256))
+    clients = [ClientSpec("slow", low * 3, throughput_flops=1e9, bandwidth_bytes=1e5), ClientSpec("fast", low * 3)]
+    plan = plan_fleet(tiny_llama_profile, clients, solver="depth-rank", target_modules=TARGETS, ranks=RANKS, unit_bytes=256)
+    for c in plan.clients:
+        assert {"round_time_s", "bytes_up", "bytes_down", "deadline_s"} <= set(c.extras)
+        assert c.extras["round_time_s"] <= c.extras["deadline_s"] + 1e-9
+        by_layer = sorted((e.layer, e.rank) for e in c.entries)
+        assert [r for _, r in by_layer] == sorted(r for _, r in by_layer)
+        layers = sorted({e.layer for e in c.entries})
+        assert layers == list(range(4 - len(layers), 4)), "depth counts from the output side"
+
+
+def test_unknown_solver_suggests_the_nearest():
+    with pytest.raises(LoraPlannerError, match="Did you mean 'knapsack'"):
+        get_solver("knapsak")
+
+
+def test_budget_below_fixed_cost_names_the_client_and_the_minimum(tiny_llama_profile):
+    need = minimum_budget(build_problem(tiny_llama_profile, TARGETS, RANKS, unit=256))
+    with pytest.raises(LoraPlannerError, match=r"memory budget of small must be at least"):
+        plan_fleet(tiny_llama_profile, [ClientSpec("small", need - 1)], target_modules=TARGETS, ranks=RANKS, unit_bytes=256)
+    plan = plan_fleet(tiny_llama_profile, [ClientSpec("small", need - 1), ClientSpec("ok", need)], target_modules=TARGETS,
+                      ranks=RANKS, drop_infeasible=True, unit_bytes=256)
+    assert [c.status for c in plan.clients] == ["dropped", "planned"]

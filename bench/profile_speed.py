@@ -1,0 +1,58 @@
+"""Wall time and peak RSS (whole process tree) to profile Llama-2-7B and a 70B-sized Llama, traced.
+Reference in the same run: one full-depth trace of the same model (profile time / trace time).
+
+    python bench/profile_speed.py [--validate 10]
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import table, write  # noqa: E402
+
+PROFILE = "from lora_planner.profiling import profile_model; profile_model('{m}', validate={v})"
+TRACE = ("from lora_planner.profiling.build import load_config, discover; from lora_planner.profiling.trace import trace_assignment;"
+         "c = load_config('{m}'); d = discover(c, 'causal-lm', 'bf16');"
+         "trace_assignment(c, 'causal-lm', 'bf16', d.prefix, {{(0, 'self_attn.q_proj'): 8, (0, 'self_attn.v_proj'): 8}}, 1, 512)")
+
+
+def measure(code: str) -> tuple[float, int]:
+    """Wall seconds and the peak summed RSS of the process and all its descendants."""
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-W", "ignore", "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
+    if proc.returncode:
+        raise SystemExit(proc.stderr.read().decode()[-2000:])
+    return time.perf_counter() - t, peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--validate", type=int, default=10)
+    args = ap.parse_args()
+    rows, out = [], {}
+    for model, target in (("llama-2-7b", 30), ("llama-2-70b", 120)):
+        wall, rss = measure(PROFILE.format(m=model, v=args.validate))
+        trace_s, _ = measure(TRACE.format(m=model))
+        out[model] = {"profile_s": wall, "peak_rss_bytes": rss, "one_full_trace_s": trace_s, "target_s": target}
+        rows.append([model, f"{wall:.1f}", str(target), f"{rss / 2**30:.2f}", f"{trace_s:.1f}", f"{wall / trace_s:.1f}x"])
+        print(rows[-1], flush=True)
+    print(table(rows, ["model", "profile s", "target s", "peak RSS GiB (tree)", "one full trace s", "ratio"]))
+    print("wrote", write("profile_speed", {"validate": args.validate, "models": out}))
+
+
+if __name__ == "__main__":
+    main()

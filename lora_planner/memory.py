@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from .errors import LoraPlannerError
-from .profile import ModelProfile, PhaseTerms, basis
+from .profile import ModelProfile, basis
 
 Assignment = Mapping[tuple[int, str], int]
 
@@ -23,6 +23,7 @@ class ShapeTerms:
     fixed: float
     path: float
     path_low: Mapping[str, float]
+    top_low: Mapping[str, float]
     group: Mapping[str, float]
     module: Mapping[str, float]
     rank: Mapping[str, float]
@@ -43,6 +44,7 @@ def evaluate(profile: ModelProfile, batch: int | None = None, seq: int | None = 
         out[phase] = ShapeTerms(
             fixed=_dot(t.fixed, b), path=_dot(t.path, b),
             path_low={k: _dot(v, b) for k, v in t.path_low.items()},
+            top_low={k: _dot(v, b) for k, v in t.top_low.items()},
             group={k: _dot(v, b) for k, v in t.group.items()},
             module={k: _dot(v, b) for k, v in t.module.items()},
             rank={k: _dot(v, b) for k, v in t.rank.items()},
@@ -72,18 +74,24 @@ def check_assignment(profile: ModelProfile, assignment: Assignment) -> None:
             raise LoraPlannerError(f"rank of {profile.full_name(layer, module)}", "a positive whole number", rank, "PEFT rejects r=0: leave the module out instead.")
 
 
-def layer_cost(t: ShapeTerms, ranks: Mapping[str, int], profile: ModelProfile, lowest: bool) -> float:
+def layer_cost(t: ShapeTerms, ranks: Mapping[str, int], profile: ModelProfile, lowest: bool, top: bool = False) -> float:
     """Bytes one block adds in one phase when its adapted modules have these ranks.
 
-    ``lowest``: this block is the lowest trained one, so backward only partly traverses it.
+    ``lowest``: this block is the lowest trained one, so backward only partly traverses it;
+    ``top``: it is also the top block.
     """
     if not ranks:
         return t.path
     groups = {profile.module(m).group for m in ranks}
-    cost = max(t.path_low[m] for m in ranks) if lowest else t.path
+    cost = low_block_cost(t.top_low if top else t.path_low, set(ranks), profile) if lowest else t.path
     cost += sum(t.group.get(g, 0.0) for g in groups)
     cost += sum(t.module[m] + r * t.rank[m] for m, r in ranks.items())
     return cost
+
+
+def low_block_cost(terms: Mapping[str, float], adapted: set[str], profile: ModelProfile) -> float:
+    """Traversal of the lowest block: max over group subsets T within the adapted set of terms[T]."""
+    return max(terms[key] for key, members in profile.low_key_sets() if set(members) <= adapted)
 
 
 def predict_phases(profile: ModelProfile, assignment: Assignment, batch: int | None = None, seq: int | None = None,
@@ -101,7 +109,7 @@ def predict_phases(profile: ModelProfile, assignment: Assignment, batch: int | N
     for phase, t in terms.items():
         total = t.fixed
         for layer in range(low, profile.num_layers):
-            total += layer_cost(t, per_layer.get(layer, {}), profile, lowest=(layer == low))
+            total += layer_cost(t, per_layer.get(layer, {}), profile, lowest=(layer == low), top=(layer == profile.num_layers - 1))
         out[phase] = int(math.ceil(total))
     return out
 

@@ -14,15 +14,30 @@ from typing import Any, Mapping
 
 from .errors import LoraPlannerError, nearest
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # A term's bytes at (batch B, sequence S) with T = B*S tokens:
 #   c[0] + c[1]*T + c[2]*T*S + c[3]*S*S
 # (constant: weights and LoRA state; T: activations; T*S: attention scores; S^2: a shared mask).
 BASIS = ("1", "T", "T*S", "S^2")
 PHASES = ("fwd", "loss", "bwd", "opt")
-TERM_KINDS = ("fixed", "path", "path_low", "group", "module", "rank")
+TERM_KINDS = ("fixed", "path", "path_low", "top_low", "group", "module", "rank")
 
 Coeffs = tuple[float, ...]
+
+
+def subset_key(names) -> str:
+    """Key of a set of modules of one input-sharing group: names in forward order, joined by '+'."""
+    return "+".join(names)
+
+
+def group_subsets(modules) -> dict[str, list[tuple[str, ...]]]:
+    """group -> every non-empty subset of its members (in forward order)."""
+    import itertools
+
+    members: dict[str, list[str]] = {}
+    for m in sorted(modules, key=lambda m: m.order):
+        members.setdefault(m.group, []).append(m.name)
+    return {g: [c for k in range(1, len(ms) + 1) for c in itertools.combinations(ms, k)] for g, ms in members.items()}
 
 
 def basis(batch: int, seq: int) -> tuple[float, float, float, float]:
@@ -47,12 +62,17 @@ class PhaseTerms:
 
     peak = fixed + Σ_{l > low} path + path_low[m*] + Σ_{active groups} group[g]
            + Σ_{(l,m)} (module[m] + r · rank[m])
-    where m* is the adapted module of the lowest trained block whose traversal costs most.
+    where path_low[S] is the cost of traversing the lowest trained block down to its adapted set S:
+    the largest, over input-sharing groups g, of the terms of the subsets T ⊆ S ∩ g (keys
+    ``subset_key``; within a group the union of what backward must keep is not a max, e.g. adding
+    value next to query keeps the attention probabilities). top_low replaces path_low when the
+    lowest trained block is the top block (the backward peak sits at the top block's transient).
     """
 
     fixed: Coeffs
     path: Coeffs
     path_low: Mapping[str, Coeffs]
+    top_low: Mapping[str, Coeffs]
     group: Mapping[str, Coeffs]
     module: Mapping[str, Coeffs]
     rank: Mapping[str, Coeffs]
@@ -84,6 +104,10 @@ class ModelProfile:
             if m.name == name:
                 return m
         raise LoraPlannerError("target module", f"one of the modules of {self.name}", name, nearest(name, self.module_names))
+
+    def low_key_sets(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(key, members) of every group subset that has a path_low term."""
+        return [(subset_key(t), t) for subs in group_subsets(self.modules).values() for t in subs]
 
     def full_name(self, layer: int, module: str) -> str:
         return f"{self.layer_prefix}.{layer}.{module}"
@@ -169,7 +193,7 @@ def profile_from_json(body: Mapping[str, Any], source: str = "profile") -> Model
         phases = {
             p: PhaseTerms(
                 fixed=tuple(t["fixed"]), path=tuple(t["path"]),
-                **{k: {n: tuple(c) for n, c in t[k].items()} for k in ("path_low", "group", "module", "rank")},
+                **{k: {n: tuple(c) for n, c in t[k].items()} for k in ("path_low", "top_low", "group", "module", "rank")},
             )
             for p, t in body["phases"].items()
         }

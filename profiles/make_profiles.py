@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+TOLERANCE = 0.05
 SHIPPED = ["llama-2-7b", "llama-3-8b", "mistral-7b", "tinyllama-1.1b", "qwen2.5-0.5b", "qwen2.5-7b", "phi-3-mini",
            "gpt2", "roberta-large", "all-minilm-l6-v2"]
 
@@ -23,6 +24,10 @@ def main(names: list[str]) -> None:
     for name in names or SHIPPED:
         t = time.perf_counter()
         profile = profile_model(name, batch_size=1, seq_len=512, dtype="bf16", validate=10, name=name)
+        worst = profile.validation["max_abs_rel_error"]
+        if worst > TOLERANCE:  # the same gate as `lora-planner profile --tolerance`
+            print(f"{name}: NOT written, max validation error {worst:.2%} > {TOLERANCE:.0%}", flush=True)
+            continue
         profile.save(HERE / f"{name}.json")
         print(report(profile).splitlines()[-3:], f"{time.perf_counter() - t:.1f}s", flush=True)
 

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from lora_planner import LoraPlannerError, load_profile, shipped_models
+from lora_planner.profile import SCHEMA_VERSION
 
 
 def test_every_shipped_model_named_in_the_issue_has_a_profile():
@@ -47,7 +48,7 @@ def test_hand_edited_profile_fails_its_checksum(llama7b, tmp_path):
 def test_other_schema_version_is_refused(llama7b, tmp_path):
     body = llama7b.to_json()
     body["schema_version"] = 99
-    with pytest.raises(LoraPlannerError, match="schema_version must be 1"):
+    with pytest.raises(LoraPlannerError, match=f"schema_version must be {SCHEMA_VERSION}"):
         load_profile(_write(tmp_path, body))
 
 

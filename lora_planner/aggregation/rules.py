@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from ..errors import LoraPlannerError
 from . import math as agg
-from .updates import ClientUpdate, Factors, client_slice, config_dict, module_rank_alpha, parse_update
+from .updates import ClientUpdate, Factors, client_slice, parse_update
 
 
 @dataclass

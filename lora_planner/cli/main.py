@@ -26,7 +26,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import estimate_cmd, plot_cmd, profile_cmd, solve_cmd
+    from . import estimate_cmd, partition_cmd, plot_cmd, profile_cmd, solve_cmd
 
     parser = OneLineParser(prog="lora-planner", description="Plan per-client LoRA layers and ranks under memory budgets.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"lora-planner {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod in (solve_cmd, profile_cmd, estimate_cmd, plot_cmd):
+    for mod in (solve_cmd, profile_cmd, estimate_cmd, plot_cmd, partition_cmd):
         mod.register(sub)
     return parser
 

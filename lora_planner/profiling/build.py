@@ -162,7 +162,7 @@ def discover(config, task: str, dtype: str) -> Discovery:
     """Find the blocks, their linear modules, forward order and input-sharing groups (one fake forward)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    small = truncated(config, min(num_layers(config), 2))
+    small = truncated(config, min(num_layers(config), 2))  # grouping needs one block
     model = build_base(small, task, dtype, meta=True)
     prefix, blocks = find_blocks(model)
     lin = linear_modules(blocks[0])

@@ -1,12 +1,14 @@
 """Derive the separable memory terms from designed traces, then validate them on full traces.
 
-Design (on a 2-block slice of the model at full width; blocks are identical, so terms carry over):
+Design (on a 3-block slice of the model at full width; blocks are identical, so terms carry over):
 for each module m, with t the top block and t1 the one below, m0 the last module in forward order,
   A_m {(t,m): r0}     B_m {(t,m): r1}     C_m {(t1,m): r0}     D_m {(t1,m0): r0, (t,m): r0}
-and for each group G of modules sharing an input: E_G {(t1,m0): r0} ∪ {(t,m): r0 for m in G}.
+and for each group G of modules sharing an input: E_G {(t1,m0): r0} ∪ {(t,m): r0 for m in G};
+plus {(t2,m0)} and {(t2,m0),(t,m0)} (t2 two below the top), which separate `path` from `fixed`.
 Each phase's peak is linear in: 1, blocks above the lowest, which module is lowest, active
 groups, adapted modules, and the sum of ranks per module; least squares recovers the terms
-exactly. (path_low[m0] is folded into ``fixed``: every step has exactly one lowest module.)
+exactly. (path_low[m0] is folded into ``fixed``: every step has exactly one lowest module; when the
+lowest block is the top block, top_low[m] replaces path_low[m], identified by the A_m traces.)
 This is repeated at four shapes to fit each term over BASIS; the frozen weights of the blocks
 cut away are added back exactly.
 """
@@ -20,7 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..memory import Assignment, predict_phases
-from ..profile import BASIS, PHASES, ModelProfile, ModuleInfo, PhaseTerms, basis
+from ..profile import BASIS, PHASES, ModelProfile, ModuleInfo, PhaseTerms, basis, group_subsets, subset_key
 
 R0, R1 = 8, 32
 
@@ -37,7 +39,7 @@ def holdout_shape(batch: int, seq: int) -> tuple[int, int]:
 
 
 def design(modules: Sequence[ModuleInfo], top: int) -> list[Assignment]:
-    t, t1 = top, top - 1
+    t, t1, t2 = top, top - 1, top - 2
     m0 = max(modules, key=lambda m: m.order).name
     out: list[Assignment] = []
     for m in modules:
@@ -48,6 +50,13 @@ def design(modules: Sequence[ModuleInfo], top: int) -> list[Assignment]:
     for members in groups.values():
         if len(members) > 1:
             out.append({(t1, m0): R0, **{(t, n): R0 for n in members}})
+    # Several modules of one group in the lowest block: their traversal is a set function.
+    for subsets in group_subsets(modules).values():
+        for subset in subsets:
+            if len(subset) > 1:
+                out += [{(t, n): R0 for n in subset}, {(t1, n): R0 for n in subset}]
+    # Two blocks above the lowest: separates the per-block path from the fixed part.
+    out += [{(t2, m0): R0}, {(t2, m0): R0, (t, m0): R0}]
     return out
 
 
@@ -58,7 +67,9 @@ def _columns(modules: Sequence[ModuleInfo]) -> tuple[list[tuple[str, str]], str,
         sizes[m.group] = sizes.get(m.group, 0) + 1
     multi = {g for g, n in sizes.items() if n > 1}
     cols = [("fixed", ""), ("path", "")]
-    cols += [("path_low", m.name) for m in modules if m.name != m0]
+    keys = [subset_key(t) for subs in group_subsets(modules).values() for t in subs]
+    cols += [("path_low", k) for k in keys if k != m0]
+    cols += [("top_low", k) for k in keys]
     cols += [("group", g) for g in sorted(multi)]
     cols += [("module", m.name) for m in modules] + [("rank", m.name) for m in modules]
     return cols, m0, multi
@@ -72,10 +83,14 @@ def features(a: Assignment, modules: Sequence[ModuleInfo], num_layers: int) -> n
     low = min(layer for layer, _ in a)
     x[index[("fixed", "")]] = 1
     x[index[("path", "")]] = num_layers - 1 - low
-    low_mods = [m for (layer, m) in a if layer == low]
-    assert len(low_mods) == 1, "designed configurations have one module in the lowest block"
-    if low_mods[0] != m0:
-        x[index[("path_low", low_mods[0])]] = 1
+    order = {m.name: m.order for m in modules}
+    low_mods = sorted((m for (layer, m) in a if layer == low), key=order.get)
+    assert len({group_of[m] for m in low_mods}) == 1, "designed configurations adapt one group in the lowest block"
+    key = subset_key(low_mods)
+    if low == num_layers - 1:
+        x[index[("top_low", key)]] = 1
+    elif key != m0:
+        x[index[("path_low", key)]] = 1
     active = {(layer, group_of[m]) for (layer, m) in a}
     for _, g in active:
         if g in multi:
@@ -113,6 +128,7 @@ def assemble(per_shape: Mapping[tuple[int, int], Mapping[str, Mapping[tuple[str,
              modules: Sequence[ModuleInfo], frozen_gap_bytes: float) -> dict[str, PhaseTerms]:
     """Per-shape, per-phase term values -> PhaseTerms with BASIS coefficients."""
     cols, m0, multi = _columns(modules)
+    keys = [subset_key(t) for subs in group_subsets(modules).values() for t in subs]
     shapes = list(per_shape)
     phases = {}
     for phase in PHASES:
@@ -121,7 +137,8 @@ def assemble(per_shape: Mapping[tuple[int, int], Mapping[str, Mapping[tuple[str,
         fixed[0] += frozen_gap_bytes
         phases[phase] = PhaseTerms(
             fixed=tuple(fixed), path=coeffs[("path", "")],
-            path_low={m.name: (coeffs[("path_low", m.name)] if m.name != m0 else (0.0,) * len(BASIS)) for m in modules},
+            path_low={k: (coeffs[("path_low", k)] if k != m0 else (0.0,) * len(BASIS)) for k in keys},
+            top_low={k: coeffs[("top_low", k)] for k in keys},
             group={g: coeffs[("group", g)] for g in sorted(multi)},
             module={m.name: coeffs[("module", m.name)] for m in modules},
             rank={m.name: coeffs[("rank", m.name)] for m in modules},

@@ -1,6 +1,8 @@
 """profile_model: config in, validated ModelProfile out."""
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from typing import Callable, Sequence
 
@@ -13,7 +15,7 @@ from .build import DTYPES, TASKS, default_task, discover, load_config, num_layer
 from .trace import trace_assignment
 
 METHODS = ("traced", "measured", "cuda")
-FIT_LAYERS = 2
+FIT_LAYERS = 3
 
 
 def peft_default_targets(config, module_names: Sequence[str]) -> tuple[str, ...]:
@@ -143,13 +145,30 @@ def run_traces(jobs: list, workers: int | None, tick=None) -> list[dict[str, int
     # forkserver, not fork: a child forked from a parent whose OpenMP pool has run can hang.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["lora_planner.profiling.trace"])
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool, _main_hidden():
         out = []
         for result in pool.map(_trace_job, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
             out.append(result)
             if tick:
                 tick()
         return out
+
+
+@contextlib.contextmanager
+def _main_hidden():
+    """Workers need only lora_planner: keep multiprocessing from re-running the caller's script
+    (an unguarded `profile_model(...)` at the top of a script would otherwise run in every worker)."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__.pop(k) for k in ("__file__",) if main is not None and k in main.__dict__}
+    spec = getattr(main, "__spec__", None)
+    if main is not None:
+        main.__spec__ = None
+    try:
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+            main.__spec__ = spec
 
 
 def _versions() -> dict[str, str]:

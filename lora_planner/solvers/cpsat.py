@@ -18,7 +18,7 @@ def available() -> bool:
 def solve_cpsat_one(problem: Problem, capacity: int, time_limit: float = 60.0) -> Solution:
     from ortools.sat.python import cp_model
 
-    p, L, M, R = problem, problem.num_layers, len(problem.targets), len(problem.ranks)
+    L, M, R = problem.num_layers, len(problem.targets), len(problem.ranks)
     model = cp_model.CpModel()
     # variables: x = module m of block l has rank r; y = block l is the lowest trained block
     x = {(l, m, r): model.new_bool_var(f"x{l}_{m}_{r}") for l in range(L) for m in range(M) for r in range(R)}
@@ -39,12 +39,14 @@ def solve_cpsat_one(problem: Problem, capacity: int, time_limit: float = 60.0) -
         model.add(act[l, problem.group_index[m]] >= a)
     # memory of every phase that can bind
     for pi in range(len(problem.phases)):
-        hi = int(problem.path_low[pi].max())
+        hi = int(max(problem.path_low[pi].max(), problem.top_low[pi].max()))
         w = [model.new_int_var(0, hi, f"w{pi}_{l}") for l in range(L)]
         for l in range(L):
-            for m in range(M):
-                if problem.path_low[pi, m] > 0:  # the lowest block is traversed down to its deepest adapter
-                    model.add(w[l] >= int(problem.path_low[pi, m]) * (y[l] + adapted[l, m] - 1))
+            low_terms = problem.top_low if l == L - 1 else problem.path_low
+            for j, members in enumerate(problem.low_sets):  # traversal of the lowest block down to its adapted set
+                idx = [m for m in range(M) if members[m]]
+                if low_terms[pi, j] > 0:
+                    model.add(w[l] >= int(low_terms[pi, j]) * (y[l] + sum(adapted[l, m] for m in idx) - len(idx)))
         cost = int(problem.fixed[pi]) + int(problem.path[pi]) * sum(z[l] - y[l] for l in range(L)) + sum(w)
         cost += sum(int(problem.group[pi, g]) * act[l, g] for l in range(L) for g in range(G))
         cost += sum((int(problem.module[pi, m]) + int(problem.rank_cost[pi, m, r])) * x[l, m, r] for (l, m, r) in x)

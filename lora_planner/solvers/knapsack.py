@@ -36,6 +36,7 @@ class KnapsackTables:
         self.opts = problem.options()  # [K, M]
         self.cost_up = problem.option_costs(self.opts, lowest=False)  # [P, K]
         self.cost_low = problem.option_costs(self.opts, lowest=True)
+        self.cost_top = problem.option_costs(self.opts, lowest=True, top=True)
         self.values = problem.option_values(self.opts)  # [L, K]
         L, C = problem.num_layers, max(int(max_capacity), 0)
         self.C = C
@@ -67,7 +68,8 @@ class KnapsackTables:
         pick = None
         cap = min(int(capacity), self.C)
         for low in range(p.num_layers):
-            room = cap - int(p.base(low)[self.primary]) - self.cost_low[self.primary]  # [K]
+            low_cost = self.cost_top if low == p.num_layers - 1 else self.cost_low
+            room = cap - int(p.base(low)[self.primary]) - low_cost[self.primary]  # [K]
             ok = room >= 0
             if not ok.any():
                 continue

@@ -26,7 +26,7 @@ def _backend(name: str):
 def solve_milp_one(problem: Problem, capacity: int, backend: str = "cbc") -> Solution:
     import pulp
 
-    p, L, M, R = problem, problem.num_layers, len(problem.targets), len(problem.ranks)
+    L, M, R = problem.num_layers, len(problem.targets), len(problem.ranks)
     lp = pulp.LpProblem("lora_plan", pulp.LpMaximize)
     # variables: x = module m of block l has rank r; y = block l is the lowest trained block
     x = {(l, m, r): pulp.LpVariable(f"x_{l}_{m}_{r}", cat="Binary") for l in range(L) for m in range(M) for r in range(R)}
@@ -50,9 +50,11 @@ def solve_milp_one(problem: Problem, capacity: int, backend: str = "cbc") -> Sol
     for pi in range(len(problem.phases)):
         w = [pulp.LpVariable(f"w_{pi}_{l}", lowBound=0) for l in range(L)]
         for l in range(L):
-            for m in range(M):
-                if problem.path_low[pi, m] > 0:
-                    lp += w[l] >= int(problem.path_low[pi, m]) * (y[l] + adapted[l, m] - 1)
+            low_terms = problem.top_low if l == L - 1 else problem.path_low
+            for j, members in enumerate(problem.low_sets):  # traversal of the lowest block down to its adapted set
+                idx = [m for m in range(M) if members[m]]
+                if low_terms[pi, j] > 0:
+                    lp += w[l] >= int(low_terms[pi, j]) * (y[l] + pulp.lpSum(adapted[l, m] for m in idx) - len(idx))
         lp += (int(problem.fixed[pi]) + int(problem.path[pi]) * pulp.lpSum(z[l] - y[l] for l in range(L)) + pulp.lpSum(w)
                + pulp.lpSum(int(problem.group[pi, g]) * act[l, g] for l in range(L) for g in range(G))
                + pulp.lpSum((int(problem.module[pi, m]) + int(problem.rank_cost[pi, m, r])) * x[l, m, r] for (l, m, r) in x)

@@ -31,7 +31,9 @@ class Problem:
     phases: tuple[str, ...]  # phases that can bind (dominated ones dropped)
     fixed: np.ndarray  # [P]
     path: np.ndarray  # [P]
-    path_low: np.ndarray  # [P, M]
+    low_sets: np.ndarray  # [J, M] bool: group subsets of the targets that carry a lowest-block term
+    path_low: np.ndarray  # [P, J] traversal of the lowest block down to subset j
+    top_low: np.ndarray  # [P, J] the same when the lowest block is the top block
     group_index: tuple[int, ...]  # [M] -> group number
     group: np.ndarray  # [P, G]
     module: np.ndarray  # [P, M]
@@ -56,7 +58,7 @@ class Problem:
         combos = itertools.product(range(-1, len(self.ranks)), repeat=len(self.targets))
         return np.array([c for c in combos if any(i >= 0 for i in c)], dtype=np.int64)
 
-    def option_costs(self, opts: np.ndarray, lowest: bool) -> np.ndarray:
+    def option_costs(self, opts: np.ndarray, lowest: bool, top: bool = False) -> np.ndarray:
         """[P, K] units one block pays for each option (above the lowest block, path is paid anyway)."""
         on = opts >= 0  # [K, M]
         r = np.where(on, opts, 0)
@@ -67,7 +69,9 @@ class Problem:
             groups[:, g] |= on[:, m]
         cost = cost + (self.group[:, None, :] * groups[None]).sum(-1)
         if lowest:
-            cost = cost + np.where(on[None], self.path_low[:, None, :], 0).max(-1)
+            low_terms = self.top_low if top else self.path_low  # [P, J]
+            applies = (on[:, None, :] | ~self.low_sets[None]).all(-1)  # [K, J]: subset j within the option
+            cost = cost + np.where(applies[None], low_terms[:, None, :], 0).max(-1)
         return cost
 
     def option_values(self, opts: np.ndarray) -> np.ndarray:
@@ -95,7 +99,7 @@ class Problem:
             opt = np.full((1, len(self.targets)), -1, dtype=np.int64)
             for mi, ri in items:
                 opt[0, mi] = ri
-            total = total + self.option_costs(opt, lowest=(layer == low))[:, 0]
+            total = total + self.option_costs(opt, lowest=(layer == low), top=(layer == self.num_layers - 1))[:, 0]
         return total
 
     def objective(self, assignment: dict[tuple[int, str], int]) -> float:
@@ -121,12 +125,15 @@ def build_problem(profile: ModelProfile, targets: tuple[str, ...], ranks: tuple[
     if unit is None:
         unit = max(1024, (max_budget_bytes or 2**36) // DP_CELLS)
     groups = sorted({profile.module(m).group for m in targets})
+    sets = [(k, members) for k, members in profile.low_key_sets() if set(members) <= set(targets)]
+    set_keys = [k for k, _ in sets]
+    low_sets = np.array([[m in members for m in targets] for _, members in sets], dtype=bool)
     gidx = tuple(groups.index(profile.module(m).group) for m in targets)
     # A phase that costs no more than another in every term can never bind: drop it.
     names = list(terms)
 
     def vec(t):
-        return np.array([t.fixed, t.path] + [t.path_low[m] for m in targets] + [t.group.get(g, 0.0) for g in groups]
+        return np.array([t.fixed, t.path] + [t.path_low[k] for k in set_keys] + [t.top_low[k] for k in set_keys] + [t.group.get(g, 0.0) for g in groups]
                         + [t.module[m] for m in targets] + [t.rank[m] for m in targets])
 
     vecs = {p: vec(terms[p]) for p in names}
@@ -140,7 +147,9 @@ def build_problem(profile: ModelProfile, targets: tuple[str, ...], ranks: tuple[
         profile=profile, targets=targets, ranks=ranks, unit=unit, phases=tuple(keep),
         fixed=np.array([_units(terms[p].fixed, unit) for p in keep], dtype=np.int64),
         path=np.array([_units(terms[p].path, unit) for p in keep], dtype=np.int64),
-        path_low=arr(lambda t, i: t.path_low[targets[i]]),
+        low_sets=low_sets,
+        path_low=np.array([[_units(terms[p].path_low[k], unit) for k in set_keys] for p in keep], dtype=np.int64),
+        top_low=np.array([[_units(terms[p].top_low[k], unit) for k in set_keys] for p in keep], dtype=np.int64),
         group_index=gidx,
         group=np.array([[_units(terms[p].group.get(g, 0.0), unit) for g in groups] for p in keep], dtype=np.int64).reshape(P, len(groups)),
         module=arr(lambda t, i: t.module[targets[i]]),

@@ -1,5 +1,4 @@
 """Profiling a tiny Llama: the separable model predicts full traces it was not fitted on."""
-import pytest
 
 from lora_planner import predict_tensor_bytes
 from lora_planner.profiling import fit

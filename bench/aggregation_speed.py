@@ -1,0 +1,75 @@
+"""Seconds per round and peak memory for each rule: 100 clients, Llama-2-7B-shaped adapters
+(32 layers x q,v, 4096 wide, ranks 4-64). Reference in the same run: the time to compute the exact
+dense Σ p_k B_k A_k for every module (what a naive server would do).
+
+    python bench/aggregation_speed.py [--clients 100]
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import table, write  # noqa: E402
+
+from lora_planner.aggregation import AGGREGATORS, ClientUpdate, get_aggregator
+
+RANKS = (4, 8, 16, 32, 64)
+
+
+def fleet(n: int, width: int, layers: int, same_rank: bool):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for k in range(n):
+        r = 16 if same_rank else RANKS[k % len(RANKS)]
+        names = [f"model.layers.{l}.self_attn.{m}" for l in range(layers) for m in ("q_proj", "v_proj")]
+        sd = {}
+        for name in names:
+            sd[f"base_model.model.{name}.lora_A.weight"] = torch.randn(r, width, generator=g) * 0.01
+            sd[f"base_model.model.{name}.lora_B.weight"] = torch.randn(width, r, generator=g) * 0.01
+        out.append(ClientUpdate(sd, {"r": r, "lora_alpha": 2 * r, "target_modules": ["q_proj", "v_proj"]}, 100 + k))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clients", type=int, default=100)
+    ap.add_argument("--width", type=int, default=4096)
+    ap.add_argument("--layers", type=int, default=32)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    mixed = fleet(args.clients, args.width, args.layers, same_rank=False)
+    same = None
+    rows, out = [], {}
+    name = "model.layers.0.self_attn.q_proj"
+    t = time.perf_counter()
+    dense = sum(u.state_dict[f"base_model.model.{name}.lora_B.weight"] @ u.state_dict[f"base_model.model.{name}.lora_A.weight"]
+                for u in mixed)
+    dense_s = (time.perf_counter() - t) * 2 * args.layers  # one module timed, scaled to all modules
+    del dense
+    for name in AGGREGATORS:
+        us = mixed
+        if name == "fedit":
+            same = same or fleet(args.clients, args.width, args.layers, same_rank=True)
+            us = same
+        agg = get_aggregator(name)
+        t = time.perf_counter()
+        agg.aggregate(us)
+        sec = time.perf_counter() - t
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        out[name] = {"seconds": sec, "peak_rss_bytes_so_far": rss}
+        rows.append([name, "16 (same)" if name == "fedit" else "4-64", f"{sec:.2f}", f"{sec / dense_s:.2f}", f"{rss / 2**30:.2f}"])
+        print(rows[-1], flush=True)
+    print(table(rows, ["rule", "ranks", "s/round", "vs dense Σ p BA", "peak RSS GiB (process, cumulative)"]))
+    print(f"reference: dense Σ p_k B_k A_k over all {2 * args.layers} modules ≈ {dense_s:.1f} s (timed on one module)")
+    print("wrote", write("aggregation_speed", {"clients": args.clients, "width": args.width, "layers": args.layers,
+                                               "dense_reference_s": dense_s, "rules": out}))
+
+
+if __name__ == "__main__":
+    main()

@@ -82,7 +82,8 @@ def layer_cost(t: ShapeTerms, ranks: Mapping[str, int], profile: ModelProfile, l
     """
     if not ranks:
         return t.path
-    groups = {profile.module(m).group for m in ranks}
+    group_of = profile.group_of
+    groups = {group_of[m] for m in ranks}
     cost = low_block_cost(t.top_low if top else t.path_low, set(ranks), profile) if lowest else t.path
     cost += sum(t.group.get(g, 0.0) for g in groups)
     cost += sum(t.module[m] + r * t.rank[m] for m, r in ranks.items())
@@ -91,7 +92,7 @@ def layer_cost(t: ShapeTerms, ranks: Mapping[str, int], profile: ModelProfile, l
 
 def low_block_cost(terms: Mapping[str, float], adapted: set[str], profile: ModelProfile) -> float:
     """Traversal of the lowest block: max over group subsets T within the adapted set of terms[T]."""
-    return max(terms[key] for key, members in profile.low_key_sets() if set(members) <= adapted)
+    return max(terms[key] for key, members in profile.low_key_sets() if members <= adapted)
 
 
 def predict_phases(profile: ModelProfile, assignment: Assignment, batch: int | None = None, seq: int | None = None,

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from .adapter_config import to_adapter_config
 from .errors import LoraPlannerError
 from .fleet import ClientSpec
-from .memory import predict_tensor_bytes
+from .memory import evaluate, predict_phases
 from .profile import ModelProfile, write_json_atomic
 from .units import format_size
 
@@ -154,6 +154,8 @@ def plan_fleet(profile: ModelProfile, clients: Sequence[ClientSpec], solver: str
         raise LoraPlannerError("--ranks", "positive whole numbers", ranks, "E.g. --ranks 2,4,8,16,32,64.")
 
     planned: dict[str, ClientPlan] = {}
+    terms = evaluate(profile, batch, seq)
+    seen_plans: dict[tuple, tuple[int, tuple[Entry, ...]]] = {}
     by_ranks: dict[tuple[int, ...], list[ClientSpec]] = {}
     for c in clients:
         by_ranks.setdefault(tuple(sorted(c.ranks or ranks)), []).append(c)
@@ -181,8 +183,11 @@ def plan_fleet(profile: ModelProfile, clients: Sequence[ClientSpec], solver: str
                 planned[c.id] = ClientPlan(c.id, c.memory_bytes, reserve_bytes, 0, 0, 0.0, (), sol.solver, "dropped",
                                            {"reason": f"{solver} found no configuration that fits"})
                 continue
-            tensor = predict_tensor_bytes(profile, a, batch, seq)
-            entries = tuple(Entry(l, m, r, alpha_ratio * r) for (l, m), r in sorted(a.items()))
+            key = tuple(sorted(a.items()))
+            if key not in seen_plans:  # the optimum is a step function of budget: many clients share a plan
+                seen_plans[key] = (max(predict_phases(profile, a, terms=terms).values()),
+                                   tuple(Entry(l, m, r, alpha_ratio * r) for (l, m), r in key))
+            tensor, entries = seen_plans[key]
             planned[c.id] = ClientPlan(c.id, c.memory_bytes, reserve_bytes, tensor, tensor + reserve_bytes, round(sol.objective, 9),
                                        entries, sol.solver, "planned", dict(getattr(sol, "extras", {}) or {}))
     return Plan(profile=profile.name, profile_checksum=profile.to_json()["checksum"], batch_size=batch, seq_len=seq,

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -107,7 +108,15 @@ class ModelProfile:
 
     def low_key_sets(self) -> list[tuple[str, tuple[str, ...]]]:
         """(key, members) of every group subset that has a path_low term."""
-        return [(subset_key(t), t) for subs in group_subsets(self.modules).values() for t in subs]
+        return self._low_key_sets
+
+    @cached_property
+    def _low_key_sets(self) -> list[tuple[str, frozenset]]:
+        return [(subset_key(t), frozenset(t)) for subs in group_subsets(self.modules).values() for t in subs]
+
+    @cached_property
+    def group_of(self) -> dict[str, str]:
+        return {m.name: m.group for m in self.modules}
 
     def full_name(self, layer: int, module: str) -> str:
         return f"{self.layer_prefix}.{layer}.{module}"
@@ -137,7 +146,8 @@ class ModelProfile:
 
     # ---- files ----------------------------------------------------------------------------
     def to_json(self) -> dict:
-        body = asdict(self)
+        body = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        body = json.loads(json.dumps(body, default=_plain))
         body = {"schema_version": SCHEMA_VERSION, **body}
         body["checksum"] = _checksum(body)
         return body
@@ -145,6 +155,12 @@ class ModelProfile:
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (temp file + rename): a crash never leaves a partial profile."""
         write_json_atomic(path, self.to_json())
+
+
+def _plain(obj):
+    if hasattr(obj, "__dataclass_fields__"):
+        return asdict(obj)
+    raise TypeError(type(obj).__name__)
 
 
 _TOP_KEYS = {f.name for f in ModelProfile.__dataclass_fields__.values()} | {"schema_version", "checksum"}

@@ -60,34 +60,44 @@ class KnapsackTables:
             best = new
             self.best[layer] = best
             self.choice[layer] = arg
+        # For every capacity at once: the best lowest block and its option (argmax over both).
+        self.top_value = np.full(C + 1, NEG)
+        self.top_pick = np.full((C + 1, 2), -1, dtype=np.int64)
+        caps = np.arange(C + 1)
+        for low in range(L):
+            low_cost = (self.cost_top if low == L - 1 else self.cost_low)[self.primary]
+            base = int(problem.base(low)[self.primary])
+            above = self.best[low + 1]
+            for k in range(len(low_cost)):
+                room = caps - base - int(low_cost[k])
+                ok = room >= 0
+                val = np.where(ok, self.values[low, k] + above[np.clip(room, 0, None)], NEG)
+                better = val > self.top_value + 1e-12
+                self.top_value = np.where(better, val, self.top_value)
+                self.top_pick[better] = (low, k)
 
     def solve(self, capacity: int) -> Solution:
         """Exact optimum for one client with ``capacity`` units (primary phase)."""
         p = self.p
-        top = -1.0
-        pick = None
         cap = min(int(capacity), self.C)
-        for low in range(p.num_layers):
-            low_cost = self.cost_top if low == p.num_layers - 1 else self.cost_low
-            room = cap - int(p.base(low)[self.primary]) - low_cost[self.primary]  # [K]
-            ok = room >= 0
-            if not ok.any():
-                continue
-            above = self.best[low + 1]
-            val = np.where(ok, self.values[low] + above[np.clip(room, 0, None)], NEG)
-            k = int(np.argmax(val))
-            if val[k] > top + 1e-12:
-                top, pick = float(val[k]), (low, k, int(room[k]))
-        if pick is None:
+        if cap < 0 or self.top_pick[cap, 0] < 0:
             return Solution({}, 0.0, "infeasible", "knapsack")
-        low, k, room = pick
+        low, k = (int(x) for x in self.top_pick[cap])
+        low_cost = self.cost_top if low == p.num_layers - 1 else self.cost_low
+        cost = p.base(low) + low_cost[:, k]  # [P] units, every phase
+        room = cap - int(p.base(low)[self.primary]) - int(low_cost[self.primary, k])
         assignment = self._entries(low, k)
+        value = float(self.values[low, k])
         for layer in range(low + 1, p.num_layers):
             kk = int(self.choice[layer][room])
             if kk >= 0:
                 assignment.update(self._entries(layer, kk))
                 room -= int(self.cost_up[self.primary][kk])
-        return Solution(assignment, p.objective(assignment), "optimal", "knapsack")
+                cost = cost + self.cost_up[:, kk]
+                value += float(self.values[layer, kk])
+        sol = Solution(assignment, value, "optimal", "knapsack")
+        sol.cost = cost
+        return sol
 
     def _entries(self, layer: int, k: int) -> dict[tuple[int, str], int]:
         return {(layer, self.p.targets[m]): self.p.ranks[int(ri)] for m, ri in enumerate(self.opts[k]) if ri >= 0}
@@ -101,7 +111,7 @@ def solve_knapsack(problem: Problem, capacities: list[int]) -> list[Solution]:
     out = []
     for cap in capacities:
         sol = tables.solve(cap)
-        if sol.status == "optimal" and np.any(problem.cost(sol.assignment) > cap):
+        if sol.status == "optimal" and np.any(sol.cost > cap):
             # Another phase binds: the DP on the primary phase is not the whole problem here.
             from .cpsat import solve_cpsat_one
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import time
 from typing import Callable, Sequence
@@ -121,7 +122,7 @@ def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: st
     shape_check = fit.validate(profile, measure_all(holdout, hb, hs), holdout, shape=(hb, hs))
     validation["shape_holdout"] = shape_check
     validation["seconds"] = round(time.perf_counter() - t_start, 2)
-    return ModelProfile(**{**profile.__dict__, "validation": validation})
+    return dataclasses.replace(profile, validation=validation)
 
 
 def _trace_job(job):

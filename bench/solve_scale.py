@@ -29,7 +29,8 @@ GIB = 2**30
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=10_000)
-    ap.add_argument("--sample", type=int, default=20, help="clients also solved by cpsat and milp")
+    ap.add_argument("--sample", type=int, default=5, help="clients also solved by cpsat and milp")
+    ap.add_argument("--milp-time-limit", type=float, default=60.0, help="seconds per MILP solve (CBC is slow here)")
     args = ap.parse_args()
     profile = shipped_profile("llama-2-7b")
     rng = random.Random(0)
@@ -51,20 +52,20 @@ def main() -> None:
     for c, cap in zip(sample, caps):
         t = time.perf_counter(); k = tables.solve(cap); tk = time.perf_counter() - t
         t = time.perf_counter(); cp = solve_cpsat_one(problem, cap); tc = time.perf_counter() - t
-        t = time.perf_counter(); ml = solve_milp_one(problem, cap); tm = time.perf_counter() - t
+        t = time.perf_counter(); ml = solve_milp_one(problem, cap, time_limit=args.milp_time_limit); tm = time.perf_counter() - t
         same = abs(k.objective - cp.objective) < 1e-7 and abs(k.objective - ml.objective) < 1e-7
         mismatches += not same
         per_client_knap = knap_total / args.clients
         ratios_cp.append(tc / per_client_knap)
         ratios_milp.append(tm / per_client_knap)
         rows.append([c.id, f"{c.memory_bytes / GIB:.2f}", f"{k.objective:.6f}", f"{cp.objective:.6f}", f"{ml.objective:.6f}",
-                     f"{tk * 1e3:.2f}", f"{tc * 1e3:.1f}", f"{tm * 1e3:.1f}", "yes" if same else "NO"])
+                     f"{tk * 1e3:.2f}", f"{tc * 1e3:.1f}", f"{tm * 1e3:.1f}", ("yes" if same else "NO") + ("" if ml.status == "optimal" else " (milp hit time limit)")])
     print(table(rows, ["client", "GiB", "knapsack", "cpsat", "milp", "knap ms (lookup)", "cpsat ms", "milp ms", "equal"]))
     summary = {
         "clients": args.clients, "knapsack_total_s": round(knap_total, 3),
         "knapsack_per_client_ms": round(knap_total / args.clients * 1e3, 4),
         "knapsack_tables_s": round(knap_tables_s, 3),
-        "cpsat_median_ms": round(statistics.median(r[6] for r in [[*x[:6], float(x[6])] for x in rows]), 2),
+        "cpsat_median_ms": round(statistics.median(float(x[6]) for x in rows), 2),
         "milp_median_ms": round(statistics.median(float(x[7]) for x in rows), 2),
         "speedup_vs_cpsat_median": round(statistics.median(ratios_cp), 1),
         "speedup_vs_milp_median": round(statistics.median(ratios_milp), 1),

@@ -30,7 +30,7 @@ class Solution:
 class KnapsackTables:
     """The shared DP for one Problem, on the phase with the largest fixed cost (the usual binder)."""
 
-    def __init__(self, problem: Problem, max_capacity: int):
+    def __init__(self, problem: Problem, max_capacity: int, tabulate: bool = True):
         self.p = problem
         self.primary = int(np.argmax(problem.fixed + problem.num_layers * problem.path))
         self.opts = problem.options()  # [K, M]
@@ -60,6 +60,9 @@ class KnapsackTables:
             best = new
             self.best[layer] = best
             self.choice[layer] = arg
+        self.tabulated = tabulate
+        if not tabulate:
+            return
         # For every capacity at once: the best lowest block and its option (argmax over both).
         self.top_value = np.full(C + 1, NEG)
         self.top_pick = np.full((C + 1, 2), -1, dtype=np.int64)
@@ -80,9 +83,10 @@ class KnapsackTables:
         """Exact optimum for one client with ``capacity`` units (primary phase)."""
         p = self.p
         cap = min(int(capacity), self.C)
-        if cap < 0 or self.top_pick[cap, 0] < 0:
+        pick = self._pick(cap) if cap >= 0 else None
+        if pick is None:
             return Solution({}, 0.0, "infeasible", "knapsack")
-        low, k = (int(x) for x in self.top_pick[cap])
+        low, k = pick
         low_cost = self.cost_top if low == p.num_layers - 1 else self.cost_low
         cost = p.base(low) + low_cost[:, k]  # [P] units, every phase
         room = cap - int(p.base(low)[self.primary]) - int(low_cost[self.primary, k])
@@ -99,6 +103,21 @@ class KnapsackTables:
         sol.cost = cost
         return sol
 
+    def _pick(self, cap: int) -> tuple[int, int] | None:
+        """The best (lowest block, its option) for this capacity: a table look-up, or a scan."""
+        if self.tabulated:
+            low, k = (int(x) for x in self.top_pick[cap])
+            return None if low < 0 else (low, k)
+        p, best, pick = self.p, NEG, None
+        for low in range(p.num_layers):
+            low_cost = (self.cost_top if low == p.num_layers - 1 else self.cost_low)[self.primary]
+            room = cap - int(p.base(low)[self.primary]) - low_cost  # [K]
+            val = np.where(room >= 0, self.values[low] + self.best[low + 1][np.clip(room, 0, None)], NEG)
+            k = int(np.argmax(val))
+            if val[k] > best + 1e-12:
+                best, pick = float(val[k]), (low, k)
+        return pick if best > NEG / 2 else None
+
     def _entries(self, layer: int, k: int) -> dict[tuple[int, str], int]:
         return {(layer, self.p.targets[m]): self.p.ranks[int(ri)] for m, ri in enumerate(self.opts[k]) if ri >= 0}
 
@@ -107,7 +126,7 @@ def solve_knapsack(problem: Problem, capacities: list[int]) -> list[Solution]:
     """Exact plans for many clients of one class (capacities in units)."""
     if not capacities:
         return []
-    tables = KnapsackTables(problem, max(capacities))
+    tables = KnapsackTables(problem, max(capacities), tabulate=len(capacities) > 64)
     out = []
     for cap in capacities:
         sol = tables.solve(cap)

@@ -13,17 +13,18 @@ def available() -> bool:
     return True
 
 
-def _backend(name: str):
+def _backend(name: str, time_limit: float | None = None):
     import pulp
 
     if name == "highs":
-        solver = pulp.HiGHS(msg=False)
+        solver = pulp.HiGHS(msg=False, timeLimit=time_limit)
         if solver.available():
             return solver
-    return pulp.PULP_CBC_CMD(msg=False)
+    return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit)
 
 
-def solve_milp_one(problem: Problem, capacity: int, backend: str = "cbc") -> Solution:
+def solve_milp_one(problem: Problem, capacity: int, backend: str = "cbc", time_limit: float | None = None) -> Solution:
+    """Solve to optimality, or stop at ``time_limit`` seconds (then status "feasible", not "optimal")."""
     import pulp
 
     L, M, R = problem.num_layers, len(problem.targets), len(problem.ranks)
@@ -59,11 +60,12 @@ def solve_milp_one(problem: Problem, capacity: int, backend: str = "cbc") -> Sol
                + pulp.lpSum(int(problem.group[pi, g]) * act[l, g] for l in range(L) for g in range(G))
                + pulp.lpSum((int(problem.module[pi, m]) + int(problem.rank_cost[pi, m, r])) * x[l, m, r] for (l, m, r) in x)
                <= int(capacity))
-    lp.solve(_backend(backend))
+    lp.solve(_backend(backend, time_limit))
     if pulp.LpStatus[lp.status] != "Optimal":
         return Solution({}, 0.0, "infeasible", f"milp-{backend}")
     a = {(l, problem.targets[m]): problem.ranks[r] for (l, m, r), v in x.items() if (v.value() or 0) > 0.5}
-    return Solution(a, problem.objective(a), "optimal", f"milp-{backend}")
+    proven = lp.sol_status == pulp.LpSolutionOptimal
+    return Solution(a, problem.objective(a), "optimal" if proven else "feasible", f"milp-{backend}")
 
 
 def solve_milp(problem: Problem, capacities: list[int], backend: str = "cbc") -> list[Solution]:

@@ -118,3 +118,16 @@ def test_budget_below_fixed_cost_names_the_client_and_the_minimum(tiny_llama_pro
     plan = plan_fleet(tiny_llama_profile, [ClientSpec("small", need - 1), ClientSpec("ok", need)], target_modules=TARGETS,
                       ranks=RANKS, drop_infeasible=True, unit_bytes=256)
     assert [c.status for c in plan.clients] == ["dropped", "planned"]
+
+
+def test_tabulated_and_scanned_lookups_agree(problem):
+    from lora_planner.solvers.knapsack import KnapsackTables
+
+    caps = capacities(problem) + [c + 7 for c in capacities(problem)]
+    table = KnapsackTables(problem, max(caps), tabulate=True)
+    scan = KnapsackTables(problem, max(caps), tabulate=False)
+    for cap in caps:
+        a, b = table.solve(cap), scan.solve(cap)
+        assert a.status == b.status and a.objective == pytest.approx(b.objective)
+        if a.status == "optimal":
+            assert np.array_equal(a.cost, b.cost)

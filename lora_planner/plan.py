@@ -189,7 +189,7 @@ def plan_fleet(profile: ModelProfile, clients: Sequence[ClientSpec], solver: str
                                    tuple(Entry(l, m, r, alpha_ratio * r) for (l, m), r in key))
             tensor, entries = seen_plans[key]
             planned[c.id] = ClientPlan(c.id, c.memory_bytes, reserve_bytes, tensor, tensor + reserve_bytes, round(sol.objective, 9),
-                                       entries, sol.solver, "planned", dict(getattr(sol, "extras", {}) or {}))
+                                       entries, sol.solver, "planned", dict(sol.extras))
     return Plan(profile=profile.name, profile_checksum=profile.to_json()["checksum"], batch_size=batch, seq_len=seq,
                 solver=solver, target_modules=targets, ranks=ranks, clients=tuple(planned[c.id] for c in clients),
                 seconds=round(time.perf_counter() - t0, 4))

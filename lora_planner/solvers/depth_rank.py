@@ -88,8 +88,7 @@ def solve_depth_rank(problem: Problem, capacities: list[int], clients: list[Clie
         if c is None:
             out.append(Solution({}, 0.0, "dropped", "depth-rank"))
             continue
-        sol = Solution(c.assignment, c.value, "optimal", "depth-rank")
-        sol.extras = {"round_time_s": round(c.time_s, 3), "bytes_up": c.bytes_each_way, "bytes_down": c.bytes_each_way,
-                      "deadline_s": round(deadline, 3), "depth": len({l for l, _ in c.assignment})}
-        out.append(sol)
+        out.append(Solution(c.assignment, c.value, "optimal", "depth-rank", extras={
+            "round_time_s": round(c.time_s, 3), "bytes_up": c.bytes_each_way, "bytes_down": c.bytes_each_way,
+            "deadline_s": round(deadline, 3), "depth": len({l for l, _ in c.assignment})}))
     return out

@@ -10,7 +10,8 @@ CP-SAT, the exact reference model, and the result says so.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +24,10 @@ NEG = -1e18
 class Solution:
     assignment: dict[tuple[int, str], int]
     objective: float
-    status: str  # "optimal" | "infeasible"
+    status: str  # "optimal" | "feasible" (time limit) | "infeasible" | "dropped"
     solver: str
+    extras: dict = field(default_factory=dict)  # depth-rank: round time, bytes up/down, deadline
+    cost: Any = None  # [P] units per phase, when the solver knows it
 
 
 class KnapsackTables:
@@ -99,9 +102,7 @@ class KnapsackTables:
                 room -= int(self.cost_up[self.primary][kk])
                 cost = cost + self.cost_up[:, kk]
                 value += float(self.values[layer, kk])
-        sol = Solution(assignment, value, "optimal", "knapsack")
-        sol.cost = cost
-        return sol
+        return Solution(assignment, value, "optimal", "knapsack", cost=cost)
 
     def _pick(self, cap: int) -> tuple[int, int] | None:
         """The best (lowest block, its option) for this capacity: a table look-up, or a scan."""

@@ -12,25 +12,22 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import table, write  # noqa: E402
+from _common import random_update, table, write  # noqa: E402
 
-from lora_planner.aggregation import AGGREGATORS, ClientUpdate, delta_weights, get_aggregator
+from lora_planner.aggregation import AGGREGATORS, delta_weights, get_aggregator
 
 RANKS = (2, 4, 8, 16, 32)
 
 
 def updates(n_clients: int, modules: int, width: int, seed: int, same_rank: bool = False):
     g = torch.Generator().manual_seed(seed)
+    names = [f"model.layers.{i}.self_attn.q_proj" for i in range(modules)]
     out = []
-    for k in range(n_clients):
+    for _ in range(n_clients):
         r = 8 if same_rank else RANKS[int(torch.randint(len(RANKS), (1,), generator=g))]
-        names = [f"model.layers.{i}.self_attn.q_proj" for i in range(modules)]
-        sd = {}
-        for name in names:
-            sd[f"base_model.model.{name}.lora_A.weight"] = torch.randn(r, width, generator=g) / width**0.5
-            sd[f"base_model.model.{name}.lora_B.weight"] = torch.randn(width, r, generator=g) / r**0.5
-        cfg = {"r": r, "lora_alpha": 2 * r, "target_modules": names}
-        out.append(ClientUpdate(sd, cfg, int(torch.randint(50, 500, (1,), generator=g))))
+        u = random_update(names, r, width, 1, g, a_scale=width**-0.5, b_scale=r**-0.5)
+        u.num_examples = int(torch.randint(50, 500, (1,), generator=g))  # drawn after the factors, as before
+        out.append(u)
     return out
 
 

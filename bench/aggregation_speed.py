@@ -15,25 +15,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import table, write  # noqa: E402
+from _common import random_update, table, write  # noqa: E402
 
-from lora_planner.aggregation import AGGREGATORS, ClientUpdate, get_aggregator
+from lora_planner.aggregation import AGGREGATORS, get_aggregator
 
 RANKS = (4, 8, 16, 32, 64)
 
 
 def fleet(n: int, width: int, layers: int, same_rank: bool):
     g = torch.Generator().manual_seed(0)
-    out = []
-    for k in range(n):
-        r = 16 if same_rank else RANKS[k % len(RANKS)]
-        names = [f"model.layers.{l}.self_attn.{m}" for l in range(layers) for m in ("q_proj", "v_proj")]
-        sd = {}
-        for name in names:
-            sd[f"base_model.model.{name}.lora_A.weight"] = torch.randn(r, width, generator=g) * 0.01
-            sd[f"base_model.model.{name}.lora_B.weight"] = torch.randn(width, r, generator=g) * 0.01
-        out.append(ClientUpdate(sd, {"r": r, "lora_alpha": 2 * r, "target_modules": ["q_proj", "v_proj"]}, 100 + k))
-    return out
+    names = [f"model.layers.{l}.self_attn.{m}" for l in range(layers) for m in ("q_proj", "v_proj")]
+    return [random_update(names, 16 if same_rank else RANKS[k % len(RANKS)], width, 100 + k, g, a_scale=0.01, b_scale=0.01)
+            for k in range(n)]
 
 
 def main() -> None:

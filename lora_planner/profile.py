@@ -106,8 +106,8 @@ class ModelProfile:
                 return m
         raise LoraPlannerError("target module", f"one of the modules of {self.name}", name, nearest(name, self.module_names))
 
-    def low_key_sets(self) -> list[tuple[str, tuple[str, ...]]]:
-        """(key, members) of every group subset that has a path_low term."""
+    def low_key_sets(self) -> list[tuple[str, frozenset]]:
+        """(key, members) of every group subset that has a path_low term (members as a frozenset)."""
         return self._low_key_sets
 
     @cached_property

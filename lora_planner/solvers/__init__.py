@@ -54,7 +54,7 @@ def _highs_available() -> bool:
 
 def _depth_rank(problem, caps, clients, *, seq_len, batch, **_):
     from .depth_rank import solve_depth_rank
-    return solve_depth_rank(problem, caps, clients, seq_len, batch)
+    return solve_depth_rank(problem, caps, clients, seq_len)
 
 
 def _baseline(fn_name):

@@ -30,7 +30,7 @@ class Candidate:
     cost: np.ndarray
 
 
-def candidates(problem: Problem, seq_len: int) -> list[tuple[dict, float, int, float]]:
+def candidates(problem: Problem) -> list[tuple[dict, float, int, float]]:
     """(assignment, value, adapter bytes, backward FLOPs per token beyond forward) per depth and ramp."""
     prof = problem.profile
     L = prof.num_layers
@@ -49,10 +49,10 @@ def candidates(problem: Problem, seq_len: int) -> list[tuple[dict, float, int, f
     return out
 
 
-def solve_depth_rank(problem: Problem, capacities: list[int], clients: list[ClientSpec], seq_len: int, batch: int,
+def solve_depth_rank(problem: Problem, capacities: list[int], clients: list[ClientSpec], seq_len: int,
                      min_value_fraction: float = 0.9) -> list[Solution]:
     fwd = 2.0 * problem.profile.param_count  # forward FLOPs per token
-    cands = candidates(problem, seq_len)
+    cands = candidates(problem)
     costs = np.stack([problem.cost(a) for a, *_ in cands])  # [N, P]
     per_client = []
     for spec, cap in zip(clients, capacities):

@@ -95,7 +95,7 @@ def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: st
     phases = fit.assemble(per_shape, disc.modules, gap)
     conditions = {
         "batch_size": batch_size, "seq_len": seq_len, "dtype": dtype,
-        "adapter_dtype": "fp32" if dtype != "fp32" else "fp32",  # PEFT autocasts adapters to fp32
+        "adapter_dtype": "fp32",  # PEFT autocasts adapters to fp32 whatever the base dtype
         "optimizer": "adamw", "attn_implementation": disc.attn_implementation,
         "gradient_checkpointing": False, "method": method, "lora_dropout": 0.0,
         "step": "steady state: 2nd of 2 identical steps (zero_grad(set_to_none), fwd, bwd, AdamW step)",

@@ -1,10 +1,19 @@
 """The math of aggregation: pure functions on factor tensors (no state, no I/O).
 
-Shapes: A_k (r_k x in), B_k (out x r_k), scale already folded into B_k; p_k weights summing to 1.
+Shapes: A_k (r_k x in), B_k (out x r_k); p_k weights summing to 1; optional per-client
+``scales`` s_k (ΔW_k = s_k · B_k A_k, default 1). Sums accumulate in place into one
+preallocated output (``add_(x, alpha=p·s)``): one read of each client's factors, no padded or
+scaled temporaries — these rules are memory-bound, so passes over memory are what costs.
 """
 from __future__ import annotations
 
 from typing import Sequence
+
+EXACT_SVD_MAX_RANK = 128  # stacked rank up to which FlexLoRA's SVD is exact (QR); above it, randomised
+
+
+def _scales(scales, n):
+    return [1.0] * n if scales is None else list(scales)
 
 
 def pad(A, B, rank: int):
@@ -20,55 +29,96 @@ def truncate(A, B, rank: int):
     return A[:rank], B[:, :rank]
 
 
-def weighted_mean(tensors: Sequence, weights: Sequence[float]):
-    out = tensors[0] * weights[0]
-    for t, w in zip(tensors[1:], weights[1:]):
-        out = out + t * w
+def weighted_mean(tensors: Sequence, weights: Sequence[float], scales: Sequence[float] | None = None):
+    """Σ w_k s_k t_k, accumulated in place (one pass over each tensor)."""
+    import torch
+
+    out = torch.zeros_like(tensors[0])
+    for t, w, s in zip(tensors, weights, _scales(scales, len(tensors))):
+        out.add_(t, alpha=w * s)
     return out
 
 
-def fedavg(As: Sequence, Bs: Sequence, p: Sequence[float]):
-    """FedIT: average A and B separately (inexact: Σp·B · Σp·A ≠ Σ p·B·A)."""
-    return weighted_mean(As, p), weighted_mean(Bs, p)
+def fedavg(As: Sequence, Bs: Sequence, p: Sequence[float], scales: Sequence[float] | None = None):
+    """FedIT: average A and B separately (inexact: Σp·B · Σp·A ≠ Σ p·B·A); scales go into B."""
+    return weighted_mean(As, p), weighted_mean(Bs, p, scales)
 
 
-def zero_pad_mean(As: Sequence, Bs: Sequence, p: Sequence[float]):
-    """HetLoRA: pad every client to the largest rank, then average the factors."""
-    R = max(a.shape[0] for a in As)
-    padded = [pad(a, b, R) for a, b in zip(As, Bs)]
-    return fedavg([a for a, _ in padded], [b for _, b in padded], p)
+def zero_pad_mean(As: Sequence, Bs: Sequence, p: Sequence[float], scales: Sequence[float] | None = None, rank: int | None = None):
+    """HetLoRA: pad every client to the largest rank (or ``rank``), then average the factors.
 
-
-def stack(As: Sequence, Bs: Sequence, p: Sequence[float]):
-    """FLoRA: A = [p_1 A_1; ...; p_K A_K], B = [B_1 ... B_K], so B @ A = Σ p_k B_k A_k exactly."""
-    import torch
-
-    return torch.cat([a * w for a, w in zip(As, p)]), torch.cat(list(Bs), dim=1)
-
-
-def svd_of_product(A, B, rank: int):
-    """Rank-``rank`` SVD factors of B @ A without forming it: QR of both factors, SVD of the small core.
-
-    Returns (A', B') with B' @ A' the best rank-``rank`` approximation of B @ A, components ordered
-    by singular value so that truncating to fewer ranks stays optimal.
+    Padding is never materialised: client k adds into the leading r_k rows of A and columns of B.
     """
     import torch
 
-    qb, rb = torch.linalg.qr(B.to(torch.float64))  # B = Qb Rb, Qb (out x R)
-    qa, ra = torch.linalg.qr(A.to(torch.float64).T)  # A^T = Qa Ra, Qa (in x R)
-    u, s, vh = torch.linalg.svd(rb @ ra.T)  # core (R x R)
+    R = rank or max(a.shape[0] for a in As)
+    A = torch.zeros(R, As[0].shape[1], dtype=As[0].dtype)
+    B = torch.zeros(Bs[0].shape[0], R, dtype=Bs[0].dtype)
+    for a, b, w, s in zip(As, Bs, p, _scales(scales, len(As))):
+        r = a.shape[0]
+        A[:r].add_(a, alpha=w)
+        B[:, :r].add_(b, alpha=w * s)
+    return A, B
+
+
+def stack(As: Sequence, Bs: Sequence, p: Sequence[float], scales: Sequence[float] | None = None):
+    """FLoRA: A = [p_1 A_1; ...; p_K A_K], B = [s_1 B_1 ... s_K B_K], so B @ A = Σ p_k s_k B_k A_k exactly."""
+    import torch
+
+    K = sum(a.shape[0] for a in As)
+    A = torch.empty(K, As[0].shape[1], dtype=As[0].dtype)
+    B = torch.empty(Bs[0].shape[0], K, dtype=Bs[0].dtype)
+    off = 0
+    for a, b, w, s in zip(As, Bs, p, _scales(scales, len(As))):
+        r = a.shape[0]
+        torch.mul(a, w, out=A[off:off + r])
+        B[:, off:off + r] = b * s if s != 1.0 else b
+        off += r
+    return A, B
+
+
+def svd_of_product(A, B, rank: int, seed: int = 0):
+    """Rank-``rank`` SVD factors of B @ A without forming it.
+
+    Up to ``EXACT_SVD_MAX_RANK`` stacked components: exact (QR of both factors, SVD of the small
+    core, float64). Above it (e.g. 100 clients stacked: rank ~2,500 x 4,096 wide), a randomised
+    range finder on the factored product (oversampling 16, two power iterations, float32) — a
+    QR of the stack would cost ~2·n·K² per factor. Returns (A', B') with B' @ A' ≈ the best
+    rank-``rank`` approximation, components ordered by singular value (truncation stays optimal).
+    """
+    import torch
+
+    K = A.shape[0]
+    if K <= EXACT_SVD_MAX_RANK:
+        qb, rb = torch.linalg.qr(B.to(torch.float64))  # B = Qb Rb, Qb (out x K)
+        qa, ra = torch.linalg.qr(A.to(torch.float64).T)  # A^T = Qa Ra, Qa (in x K)
+        u, s, vh = torch.linalg.svd(rb @ ra.T)  # core (K x K)
+        k = min(rank, s.shape[0])
+        root = s[:k].sqrt()
+        return (root[:, None] * (vh[:k] @ qa.T)).to(A.dtype), ((qb @ u[:, :k]) * root).to(B.dtype)
+    gen = torch.Generator().manual_seed(seed)
+    ell = min(rank + 16, K)
+    omega = torch.randn(A.shape[1], ell, generator=gen, dtype=A.dtype)
+    y = B @ (A @ omega)  # (out x ell): the range of B A
+    for _ in range(2):  # power iterations sharpen the spectrum
+        q, _ = torch.linalg.qr(y)
+        z, _ = torch.linalg.qr(A.T @ (B.T @ q))
+        y = B @ (A @ z)
+    q, _ = torch.linalg.qr(y)
+    small = (q.T @ B) @ A  # (ell x in)
+    u, s, vh = torch.linalg.svd(small, full_matrices=False)
     k = min(rank, s.shape[0])
     root = s[:k].sqrt()
-    B2 = (qb @ u[:, :k]) * root
-    A2 = root[:, None] * (vh[:k] @ qa.T)
-    return A2.to(A.dtype), B2.to(B.dtype)
+    return root[:, None] * vh[:k], (q @ u[:, :k]) * root
 
 
-def sparsity_weights(As: Sequence, Bs: Sequence) -> list[float]:
-    """HetLoRA's sparsity weighting: p_k ∝ ‖B_k A_k‖_F (computed from the small Gram matrices)."""
-    norms = []
-    for a, b in zip(As, Bs):
-        # ‖BA‖_F^2 = trace((BᵀB)(AAᵀ))
-        norms.append(float(((b.T @ b) * (a @ a.T)).sum().clamp_min(0).sqrt()))
+def product_norm(A, B) -> float:
+    """‖B A‖_F from the small Gram matrices: ‖BA‖² = Σ (BᵀB) ∘ (AAᵀ)."""
+    return float(((B.T @ B) * (A @ A.T)).sum().clamp_min(0).sqrt())
+
+
+def sparsity_weights(As: Sequence, Bs: Sequence, scales: Sequence[float] | None = None) -> list[float]:
+    """HetLoRA's sparsity weighting: p_k ∝ ‖s_k B_k A_k‖_F (computed from the small Gram matrices)."""
+    norms = [abs(s) * product_norm(a, b) for a, b, s in zip(As, Bs, _scales(scales, len(As)))]
     total = sum(norms)
     return [n / total for n in norms] if total > 0 else [1.0 / len(norms)] * len(norms)

@@ -32,7 +32,7 @@ class GlobalAdapter:
 
 def delta_weights(result: GlobalAdapter) -> dict[str, Any]:
     """Per adapted module name, the dense ΔW = scale · B·A (out x in) the result stands for."""
-    return {name: f.B @ f.A for name, f in result.modules.items()}
+    return {name: (f.B @ f.A).mul_(f.scale) if f.scale != 1.0 else f.B @ f.A for name, f in result.modules.items()}
 
 
 def _by_module(updates: Sequence[ClientUpdate]):
@@ -42,6 +42,10 @@ def _by_module(updates: Sequence[ClientUpdate]):
         for name, f in mods.items():
             modules.setdefault(name, []).append((k, f))
     return modules, [u.num_examples for u in updates]
+
+
+def _sc(items) -> list[float]:
+    return [f.scale for _, f in items]
 
 
 def _weights(items, examples) -> list[float]:
@@ -91,7 +95,7 @@ class FedIT(_Rule):
         if len(ranks) > 1:
             raise LoraPlannerError(f"rank of {name}", "the same for every client under fedit", sorted(ranks),
                                    "Use hetlora, flora, stagg or flexlora for mixed ranks.")
-        A, B = agg.fedavg([f.A for _, f in items], [f.B for _, f in items], _weights(items, examples))
+        A, B = agg.fedavg([f.A for _, f in items], [f.B for _, f in items], _weights(items, examples), _sc(items))
         return Factors(A, B)
 
 
@@ -108,8 +112,8 @@ class HetLoRA(_Rule):
 
     def _module(self, name, items, examples):
         As, Bs = [f.A for _, f in items], [f.B for _, f in items]
-        p = agg.sparsity_weights(As, Bs) if self.weighting == "sparsity" else _weights(items, examples)
-        A, B = agg.zero_pad_mean(As, Bs, p)
+        p = agg.sparsity_weights(As, Bs, _sc(items)) if self.weighting == "sparsity" else _weights(items, examples)
+        A, B = agg.zero_pad_mean(As, Bs, p, _sc(items))
         return Factors(A, B)
 
 
@@ -120,7 +124,7 @@ class FLoRA(_Rule):
     merge = True
 
     def _module(self, name, items, examples):
-        A, B = agg.stack([f.A for _, f in items], [f.B for _, f in items], _weights(items, examples))
+        A, B = agg.stack([f.A for _, f in items], [f.B for _, f in items], _weights(items, examples), _sc(items))
         return Factors(A, B)
 
     def for_client(self, result: GlobalAdapter, lora_config: Any = None, seed: int = 0) -> dict[str, Any]:
@@ -134,7 +138,7 @@ class FlexLoRA(_Rule):
     name = "flexlora"
 
     def _module(self, name, items, examples):
-        A, B = agg.stack([f.A for _, f in items], [f.B for _, f in items], _weights(items, examples))
+        A, B = agg.stack([f.A for _, f in items], [f.B for _, f in items], _weights(items, examples), _sc(items))
         return Factors(*agg.svd_of_product(A, B, max(f.rank for _, f in items)))
 
 
@@ -166,16 +170,15 @@ class STAgg(_Rule):
         spatial = {}
         for name, items in modules.items():
             R = max([f.rank for _, f in items] + ([self.W[name].rank] if name in self.W else []))
-            padded = [agg.pad(f.A, f.B, R) for _, f in items]
-            A, B = agg.fedavg([a for a, _ in padded], [b for _, b in padded], _weights(items, examples))
+            A, B = agg.zero_pad_mean([f.A for _, f in items], [f.B for _, f in items], _weights(items, examples), _sc(items), R)
             spatial[name] = Factors(A, B)
         change = {}
         for name, f in spatial.items():
-            if name in self.W:
-                Wa, Wb = agg.pad(self.W[name].A, self.W[name].B, f.rank)
-                diff = torch.linalg.norm(f.B @ f.A - Wb @ Wa)
-                base = torch.linalg.norm(Wb @ Wa)
-                change[name] = float(diff / base) if base > 0 else 1.0
+            if name in self.W:  # ‖agg − W‖/‖W‖ of the products, from Gram matrices (never out x in)
+                Wa, Wb = self.W[name].A, self.W[name].B
+                diff = agg.product_norm(torch.cat([f.A, Wa]), torch.cat([f.B, -Wb], dim=1))
+                base = agg.product_norm(Wa, Wb)
+                change[name] = diff / base if base > 0 else 1.0
         for name, c in change.items():
             self.moving[name] = self.ema * self.moving.get(name, c) + (1 - self.ema) * c
         names = sorted(spatial)

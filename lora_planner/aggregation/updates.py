@@ -2,9 +2,10 @@
 
 A PEFT adapter state dict (``get_peft_model_state_dict``) holds, per adapted module,
 ``<prefix><module>.lora_A.weight`` (r x in) and ``<prefix><module>.lora_B.weight`` (out x r).
-Factors are told apart by these names, never by comparing a dimension to the rank. The scale
-alpha/r (alpha/sqrt(r) with rsLoRA) is folded into B before any rule mixes ranks, so that
-ΔW = B·A exactly.
+Factors are told apart by these names, never by comparing a dimension to the rank. Each
+module's scale alpha/r (alpha/sqrt(r) with rsLoRA) travels with its factors (ΔW = scale·B·A)
+and is applied inside the first arithmetic any rule does with B (the same pass that weights it),
+so it is in before ranks are mixed, without an extra copy of every client's B.
 """
 from __future__ import annotations
 
@@ -43,14 +44,26 @@ class ClientUpdate:
 
 @dataclass(frozen=True)
 class Factors:
-    """One module's LoRA with the scale folded in: ΔW = B @ A; A (r x in), B (out x r)."""
+    """One module's LoRA: ΔW = scale · B @ A; A (r x in), B (out x r). Rules' outputs have scale 1."""
 
     A: Any
     B: Any
+    scale: float = 1.0
 
     @property
     def rank(self) -> int:
         return int(self.A.shape[0])
+
+    def folded(self) -> Factors:
+        """The same ΔW with the scale multiplied into B (scale 1)."""
+        return self if self.scale == 1.0 else Factors(self.A, self.B * self.scale)
+
+
+def finite(t) -> bool:
+    """No NaN or Inf in ``t``: one summing pass (NaN/Inf propagate), an exact check only if the sum is not finite."""
+    import torch
+
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
 def config_dict(cfg: Any) -> dict:
@@ -81,7 +94,7 @@ def strip(key: str) -> str:
 
 
 def parse_update(update: ClientUpdate) -> dict[str, Factors]:
-    """module name -> Factors (scale folded into B, float32); raises UpdateRejected with the reason."""
+    """module name -> Factors (float32, with the module's scale); raises UpdateRejected with the reason."""
     import torch
 
     cfg = config_dict(update.lora_config)
@@ -105,9 +118,9 @@ def parse_update(update: ClientUpdate) -> dict[str, Factors]:
             raise UpdateRejected(f"{who}: {module}", f"rank {r} (A: {r} x in, B: out x {r})",
                                  f"A {tuple(A.shape)}, B {tuple(B.shape)}", "Drop this update.")
         A32, B32 = A.detach().to(torch.float32), B.detach().to(torch.float32)
-        if not (torch.isfinite(A32).all() and torch.isfinite(B32).all()):
+        if not (finite(A32) and finite(B32)):
             raise UpdateRejected(f"{who}: {module}", "finite", "NaN or Inf values", "Drop this update.")
-        out[module] = Factors(A32, B32 * scale_of(cfg, module))
+        out[module] = Factors(A32, B32, scale_of(cfg, module))
     return out
 
 
@@ -133,5 +146,5 @@ def client_slice(modules: Mapping[str, Factors], lora_config: Any, seed: int = 0
             A = torch.cat([A, (torch.rand(extra, f.A.shape[1], generator=gen) * 2 - 1) * bound])
             B = torch.cat([B, torch.zeros(f.B.shape[0], extra)], dim=1)
         out[PREFIX + module + A_SUFFIX] = A.contiguous().clone()
-        out[PREFIX + module + B_SUFFIX] = (B / scale_of(cfg, module)).contiguous()
+        out[PREFIX + module + B_SUFFIX] = (B * (f.scale / scale_of(cfg, module))).contiguous()
     return out

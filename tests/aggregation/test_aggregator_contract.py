@@ -65,7 +65,7 @@ def reference(updates):
     for m in mods:
         items = [(u.num_examples, p[m]) for u, p in zip(updates, parsed) if m in p]
         total = sum(n for n, _ in items)
-        out[m] = sum(n / total * (f.B @ f.A) for n, f in items)
+        out[m] = sum(n / total * f.scale * (f.B @ f.A) for n, f in items)  # ΔW_k = scale · B_k A_k
     return out
 
 
@@ -228,3 +228,31 @@ def test_stagg_steps_further_on_under_updated_modules(base_config):
     both = st.aggregate([make_update(base_config, {(3, Q): 4, (2, V): 4}, 10, seed=9)])
     eta = both.info["eta"]
     assert eta[f"model.layers.2.{V}"] > 1.0 > eta[f"model.layers.3.{Q}"]
+
+
+def test_randomised_svd_of_a_tall_stack_is_near_the_best_low_rank_approximation():
+    """Above EXACT_SVD_MAX_RANK stacked components FlexLoRA's SVD is randomised: compare with the exact optimum."""
+    from lora_planner.aggregation.math import EXACT_SVD_MAX_RANK, svd_of_product
+
+    g = torch.Generator().manual_seed(0)
+    K = EXACT_SVD_MAX_RANK + 44
+    decay = torch.logspace(0, -3, K)  # a spectrum that falls off, as stacked client updates do
+    A = torch.randn(K, 200, generator=g) * decay[:, None]
+    B = torch.randn(150, K, generator=g)
+    A2, B2 = svd_of_product(A, B, 16)
+    M = (B @ A).double()
+    best = torch.linalg.svdvals(M)[16:].square().sum().sqrt()
+    err = torch.linalg.norm((B2 @ A2).double() - M)
+    assert A2.shape == (16, 200) and B2.shape == (150, 16)
+    assert err <= best * 1.01  # within 1 % of the Eckart-Young optimum
+
+
+def test_finiteness_check_tells_overflowing_sums_from_nan_and_inf():
+    from lora_planner.aggregation.updates import finite
+
+    big = torch.full((4, 4), 3e38)  # finite, but its sum overflows to inf
+    assert finite(big)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        t = torch.zeros(4, 4)
+        t[1, 2] = bad
+        assert not finite(t)

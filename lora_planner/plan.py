@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from .adapter_config import to_adapter_config
 from .errors import LoraPlannerError
 from .fleet import ClientSpec
@@ -57,6 +59,7 @@ class Plan:
     ranks: tuple[int, ...]
     clients: tuple[ClientPlan, ...]
     seconds: float = 0.0
+    importance: str = "uniform"  # which layer value the plan maximised: the profile's method, a prior, or "custom"
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -106,6 +109,28 @@ def load_plan(path: str | Path) -> Plan:
         raise LoraPlannerError("PLAN", "a well-formed plan.json", f"{path} ({exc})", "Regenerate it.") from None
 
 
+def resolve_importance(profile: ModelProfile, targets: Sequence[str], importance) -> tuple:
+    """(values array or None for the profile's own, the name recorded in the plan)."""
+    from .value import stored_importance
+
+    if importance is None or (isinstance(importance, str) and importance == "profile"):
+        stored = stored_importance(profile, tuple(targets))
+        return None, (profile.importance or {}).get("method", "stored") if stored is not None else "uniform"
+    if isinstance(importance, str):
+        from .importance.scores import depth_prior, uniform
+
+        priors = {"uniform": uniform, "depth-prior": depth_prior}
+        if importance not in priors:
+            raise LoraPlannerError("--importance", f"one of profile, {', '.join(priors)}", importance,
+                                   "Scores that need a model and data are computed by `lora-planner profile --importance`.")
+        return priors[importance](profile.num_layers, len(targets)), importance
+    values = np.asarray(importance, dtype=float)
+    if values.shape != (profile.num_layers, len(targets)):
+        raise LoraPlannerError("importance", f"an array of shape (layers, targets) = {(profile.num_layers, len(targets))}",
+                               values.shape, "Give one value per layer and target module.")
+    return values, "custom"
+
+
 def minimum_budget(problem, reserve_bytes: int = 0) -> int:
     """The least budget at which this integer problem has a plan: one target at the smallest rank in the top block."""
     top = problem.num_layers - 1
@@ -128,7 +153,8 @@ def plan_fleet(profile: ModelProfile, clients: Sequence[ClientSpec], solver: str
         ranks: allowed ranks (a client's own ``ranks`` override them).
         reserve_bytes: runtime reserve subtracted from every budget (CUDA context, allocator).
         drop_infeasible: drop clients whose budget is below the minimum instead of failing.
-        importance: optional [layers, targets] array of layer values (default: the profile's, else uniform).
+        importance: layer values: None or "profile" (the profile's stored score, else uniform), a prior
+            name ("uniform", "depth-prior"), or a [layers, targets] array.
 
     Raises:
         LoraPlannerError: on a bad fleet, solver or a budget below the minimum.
@@ -152,6 +178,8 @@ def plan_fleet(profile: ModelProfile, clients: Sequence[ClientSpec], solver: str
     ranks = tuple(sorted(set(int(r) for r in ranks)))
     if not ranks or min(ranks) <= 0:
         raise LoraPlannerError("--ranks", "positive whole numbers", ranks, "E.g. --ranks 2,4,8,16,32,64.")
+
+    importance, importance_name = resolve_importance(profile, targets, importance)
 
     planned: dict[str, ClientPlan] = {}
     terms = evaluate(profile, batch, seq)
@@ -192,4 +220,4 @@ def plan_fleet(profile: ModelProfile, clients: Sequence[ClientSpec], solver: str
                                        entries, sol.solver, "planned", dict(sol.extras))
     return Plan(profile=profile.name, profile_checksum=profile.to_json()["checksum"], batch_size=batch, seq_len=seq,
                 solver=solver, target_modules=targets, ranks=ranks, clients=tuple(planned[c.id] for c in clients),
-                seconds=round(time.perf_counter() - t0, 4))
+                seconds=round(time.perf_counter() - t0, 4), importance=importance_name)

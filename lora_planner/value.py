@@ -19,12 +19,18 @@ def importance_matrix(profile: ModelProfile, targets: tuple[str, ...]) -> np.nda
     Uniform is the documented prior when nothing was measured: every (layer, module) is worth
     the same, so plans differ only by what memory allows (lower layers cost more to train).
     """
-    imp = profile.importance or {}
-    values = imp.get("values") if isinstance(imp, dict) else None
-    if values and all(t in values for t in targets):
-        mat = np.array([[float(values[t][layer]) for t in targets] for layer in range(profile.num_layers)])
-    else:
+    mat = stored_importance(profile, targets)
+    if mat is None:
         mat = np.ones((profile.num_layers, len(targets)))
     mat = np.clip(mat, 0.0, None)
     total = mat.sum()
     return mat / total if total > 0 else np.full_like(mat, 1.0 / mat.size)
+
+
+def stored_importance(profile: ModelProfile, targets: tuple[str, ...]) -> np.ndarray | None:
+    """The profile's stored (layers, targets) score, or None if it has none covering these targets."""
+    imp = profile.importance or {}
+    values = imp.get("values") if isinstance(imp, dict) else None
+    if not values or not all(t in values for t in targets):
+        return None
+    return np.array([[float(values[t][layer]) for t in targets] for layer in range(profile.num_layers)])

@@ -12,11 +12,22 @@ EXAMPLES = """examples:
   lora-planner profile llama-2-7b -o llama-2-7b.json              # a shipped config, traced on fake tensors
   lora-planner profile ./my-model/ --batch-size 4 --seq-len 1024 -o my.json
   lora-planner profile config.json --task seq-cls --num-labels 77 --target-modules query,value -o cls.json
-  lora-planner profile --list                                      # shipped model names"""
+  lora-planner profile --list                                      # shipped model names
+
+layer importance (stored in the profile; `lora-planner solve --profile` then uses it):
+  lora-planner profile all-minilm-l6-v2 --task seq-cls --num-labels 77 --seq-len 64 \\
+      --importance ig --data ../shared/data/banking77/train.csv --label-column category --samples 256 -o minilm-b77.json
+  lora-planner profile ./my-llama/ --importance ig --data dolly.jsonl --samples 64 -o my.json   # causal-LM prompt template
+  lora-planner profile llama-2-7b --importance depth-prior -o llama-depth.json
+
+importance scores: {scores}"""
 
 
 def register(sub) -> None:
-    p = sub.add_parser("profile", help="measure per-layer LoRA training memory of a model", epilog=EXAMPLES,
+    from ..importance import SCORES
+
+    scores = "; ".join(f"{k} ({v.summary})" for k, v in SCORES.items())
+    p = sub.add_parser("profile", help="measure per-layer LoRA training memory of a model", epilog=EXAMPLES.format(scores=scores),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", metavar="MODEL", help="shipped model name, local Hugging Face folder, or config.json path")
     p.add_argument("--list", action="store_true", help="list shipped model configs and exit")
@@ -33,6 +44,18 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="trace processes (default: 2)")
     p.add_argument("--name", default=None, help="name stored in the profile (default: MODEL)")
     p.add_argument("-o", "--output", metavar="FILE", help="where to write the profile JSON")
+    g = p.add_argument_group("layer importance")
+    g.add_argument("--importance", metavar="SCORE", default=None, help="ig | uniform | depth-prior | weight-norm (default: none stored)")
+    g.add_argument("--data", metavar="PATH", help="CSV, JSONL or local datasets folder for --importance ig")
+    g.add_argument("--text-column", default="text", help="seq-cls text column (default text)")
+    g.add_argument("--label-column", default="label", help="seq-cls label column (default label)")
+    g.add_argument("--instruction-column", default="instruction", help="causal-lm instruction field (default instruction)")
+    g.add_argument("--context-column", default="context", help="causal-lm context field, optional (default context)")
+    g.add_argument("--response-column", default="response", help="causal-lm response field (default response)")
+    g.add_argument("--samples", type=positive_int("--samples"), default=128, help="records in the IG sample (default 128)")
+    g.add_argument("--seed", type=int, default=0, help="draws the IG sample and any new head (default 0)")
+    g.add_argument("--probe-rank", type=positive_int("--probe-rank"), default=8, help="LoRA rank while scoring (default 8)")
+    g.add_argument("--ig-batch-size", type=positive_int("--ig-batch-size"), default=8, help="mini-batch of the IG sample (default 8)")
     p.set_defaults(run=run)
 
 
@@ -46,12 +69,17 @@ def run(args) -> int:
         raise LoraPlannerError("MODEL", "given", "nothing", "Pass a shipped name (see --list), a folder or a config.json.")
     if not args.output:
         raise LoraPlannerError("-o/--output", "a file path for the profile", "nothing", "E.g. -o profile.json.")
+    importance = _importance_job(args)  # checks data and weights before the long trace
     from ..profiling import profile_model
 
     targets = [t.strip() for t in args.target_modules.split(",") if t.strip()] if args.target_modules else None
     profile = profile_model(args.model, batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype, task=args.task,
                             num_labels=args.num_labels, target_modules=targets, method=args.method, validate=args.validate,
                             name=args.name, workers=args.workers, progress=progress_factory())
+    if importance:
+        import dataclasses
+
+        profile = dataclasses.replace(profile, importance=importance(profile))
     print(report(profile))
     worst = profile.validation.get("max_abs_rel_error", 0.0)
     if worst == worst and worst > args.tolerance and not args.force:
@@ -60,6 +88,43 @@ def run(args) -> int:
     profile.save(args.output)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
+
+
+def _importance_job(args):
+    """None, or a function profile -> importance block, after checking every input it will need."""
+    if args.importance is None and args.data is None:
+        return None
+    from ..importance import compute_importance, get_score
+
+    score = get_score(args.importance or "ig")
+    data = None
+    if args.data:
+        from ..data import load_instructions, load_records
+        from ..profiling.build import default_task, load_config
+
+        task = args.task or default_task(load_config(args.model))
+        if task == "seq-cls":
+            data = load_records(args.data, args.text_column, args.label_column, num_labels=args.num_labels)
+        else:
+            data = load_instructions(args.data, args.instruction_column, args.context_column, args.response_column)
+        if args.samples > len(data):
+            raise LoraPlannerError("--samples", f"at most the {len(data)} records of {args.data}", args.samples,
+                                   f"Use --samples {len(data)} or less.")
+    elif score.needs_data:
+        raise LoraPlannerError("--data", f"a dataset for --importance {score.name}", "nothing", "E.g. --data train.csv.")
+    if score.needs_model:
+        from ..importance.measure import weights_folder
+
+        if weights_folder(args.model) is None:
+            raise LoraPlannerError("MODEL", f"a local folder with safetensors weights and a tokenizer for --importance {score.name}",
+                                   args.model, "Pass the model's Hugging Face folder (shipped configs carry no weights).")
+
+    def run_it(profile):
+        return compute_importance(score.name, args.model, profile.module_names, profile.num_layers, task=profile.task,
+                                  num_labels=args.num_labels, data=data, samples=args.samples, seed=args.seed,
+                                  probe_rank=args.probe_rank, batch_size=args.ig_batch_size, max_length=args.seq_len,
+                                  progress=progress_factory())
+    return run_it
 
 
 def report(profile) -> str:
@@ -88,4 +153,20 @@ def report(profile) -> str:
             r0 = h["rows"][0]
             out.append(f"shape not fitted on (batch {r0['batch_size']} x {r0['seq_len']}): max |error| {h['max_abs_rel_error']:.3%}")
         out.append(f"profiled in {v.get('seconds', 0):.1f} s")
+    if profile.importance:
+        out.append(importance_table(profile))
     return "\n".join(out)
+
+
+def importance_table(profile) -> str:
+    """Per-layer importance (share of the total, in %), one column per module."""
+    from ..importance import from_values
+
+    imp = profile.importance
+    mat = from_values(imp["values"], profile.module_names)
+    short = [m.split(".")[-1] if sum(n.split(".")[-1] == m.split(".")[-1] for n in profile.module_names) == 1 else m
+             for m in profile.module_names]
+    rows = [[str(layer)] + [f"{100 * x:.1f}" for x in mat[layer]] + [f"{100 * mat[layer].sum():.1f}"] for layer in range(len(mat))]
+    facts = ", ".join(f"{k} {imp[k]}" for k in ("samples", "seed", "probe_rank") if k in imp)
+    head = f"importance ({imp['method']}{', ' + facts if facts else ''}; {imp.get('seconds', 0):.1f} s), % of the total:"
+    return head + "\n" + table(rows, ["layer"] + short + ["layer total"])

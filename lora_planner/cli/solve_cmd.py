@@ -15,6 +15,8 @@ EXAMPLES = """examples:
   lora-planner solve --model llama-2-7b --memory-budget 12GiB:10,24GiB:2 --solver hetlora
   lora-planner solve --profile my.json --clients fleet.csv --solver depth-rank --format json
   lora-planner solve --model llama-2-7b --memory-budget 20GiB --ranks 4,8,16 --target-modules q_proj,k_proj,v_proj
+  lora-planner solve --profile minilm-b77.json --memory-budget 50MiB,60MiB --target-modules query,value,intermediate.dense
+                                                   # uses the IG-Score stored by `lora-planner profile --importance ig`
 
 fleet.csv columns: id,memory[,throughput (FLOP/s),bandwidth (bytes/s or 100MB),examples,ranks ("4;8;16")]
 sizes: GiB/G = 2**30 bytes, GB = 10**9 bytes.
@@ -41,6 +43,8 @@ def register(sub) -> None:
     p.add_argument("--reserve", default="0", help="runtime reserve per client (e.g. 600MiB for a CUDA context); default 0")
     p.add_argument("--drop-infeasible", action="store_true", help="drop clients below the minimum budget instead of failing")
     p.add_argument("--alpha-ratio", type=float, default=2.0, help="lora_alpha = ratio x rank (default 2)")
+    p.add_argument("--importance", default="profile",
+                   help="layer value: profile (its stored score, e.g. from `profile --importance ig`; else uniform), uniform, depth-prior")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("-o", "--output", metavar="OUTDIR", help="write OUTDIR/plan.json and OUTDIR/<client>/adapter_config.json")
@@ -59,7 +63,8 @@ def run(args) -> int:
     targets = [t.strip() for t in args.target_modules.split(",") if t.strip()] if args.target_modules else None
     plan = plan_fleet(profile, clients, solver=args.solver, target_modules=targets, ranks=parse_ranks(args.ranks),
                       batch_size=args.batch_size, seq_len=args.seq_len, reserve_bytes=reserve,
-                      drop_infeasible=args.drop_infeasible, alpha_ratio=args.alpha_ratio, seed=args.seed)
+                      drop_infeasible=args.drop_infeasible, alpha_ratio=args.alpha_ratio, seed=args.seed,
+                      importance=args.importance)
     if args.output:
         plan.write(args.output, profile)
     if args.format == "json":
@@ -97,7 +102,7 @@ def render(plan, profile) -> str:
                      _layers(c.entries), str(len(c.entries)), f"{ranks[0]}-{ranks[-1]}" if len(ranks) > 1 else str(ranks[0]),
                      f"{c.objective:.3f} {extra}".strip()])
     head = (f"{plan.profile}: batch {plan.batch_size} x {plan.seq_len} tokens, targets {','.join(plan.target_modules)}, "
-            f"ranks {','.join(map(str, plan.ranks))}, solver {plan.solver} ({plan.seconds * 1000:.0f} ms)")
+            f"ranks {','.join(map(str, plan.ranks))}, solver {plan.solver} ({plan.seconds * 1000:.0f} ms), importance {plan.importance}")
     total = sum(c.objective for c in plan.clients)
     taking_part = sum(c.status == "planned" for c in plan.clients)
     foot = f"clients taking part: {taking_part}/{len(plan.clients)}; total value {total:.3f} (1.0 = every layer of one client at the top rank)"

@@ -9,7 +9,7 @@ from ..units import format_size
 from .common import positive_int, progress_factory, table
 
 EXAMPLES = """examples:
-  lora-planner profile llama-2-7b -o llama-2-7b.json              # a shipped config, traced on fake tensors
+  lora-planner profile llama-2-7b -o llama-2-7b.json              # a shipped config, traced on meta tensors
   lora-planner profile ./my-model/ --batch-size 4 --seq-len 1024 -o my.json
   lora-planner profile config.json --task seq-cls --num-labels 77 --target-modules query,value -o cls.json
   lora-planner profile --list                                      # shipped model names
@@ -37,7 +37,7 @@ def register(sub) -> None:
     p.add_argument("--task", default=None, help="causal-lm | seq-cls (default: from the config's architecture)")
     p.add_argument("--num-labels", type=positive_int("--num-labels"), default=2, help="classes for seq-cls (default 2)")
     p.add_argument("--target-modules", default=None, help="default LoRA targets, comma-separated (default: PEFT's for the architecture)")
-    p.add_argument("--method", default="traced", help="traced (fake tensors, default) | measured (real CPU tensors) | cuda")
+    p.add_argument("--method", default="traced", help="traced (meta tensors, no weights; default) | measured (real CPU tensors) | cuda")
     p.add_argument("--validate", type=int, default=10, metavar="N", help="full-depth random assignments to validate on (default 10)")
     p.add_argument("--tolerance", type=float, default=0.05, help="largest validation error allowed before refusing to write (default 0.05)")
     p.add_argument("--force", action="store_true", help="write the profile even if its validation error exceeds --tolerance")

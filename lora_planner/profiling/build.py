@@ -1,4 +1,4 @@
-"""Build a Hugging Face model from its config with LoRA attached, on fake or real tensors.
+"""Build a Hugging Face model from its config with LoRA attached, on meta, fake or real tensors.
 
 Fake: the model and its PEFT wrapper are built on the meta device, then, inside a
 ``FakeTensorMode``, every parameter and buffer is replaced by a fresh fake tensor (tied weights

@@ -47,7 +47,7 @@ def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: st
         dtype: frozen-weight dtype ("bf16", "fp16", "fp32"); adapters use PEFT's default dtype.
         task: "causal-lm" or "seq-cls" (default from the config's architecture).
         target_modules: default LoRA targets recorded in the profile (PEFT's defaults if None).
-        method: "traced" (fake tensors), "measured" (real CPU tensors) or "cuda".
+        method: "traced" (meta tensors), "measured" (real CPU tensors) or "cuda".
         validate: number of full-depth assignments to validate on (at least 10 recommended).
         workers: trace processes (default: one per CPU core, at most 2 on CPU tracing).
         progress: ``progress(label, total)`` returns a callable ticked once per trace.
@@ -130,7 +130,7 @@ def _trace_job(job):
 
 
 def run_traces(jobs: list, workers: int | None, tick=None) -> list[dict[str, int]]:
-    """Run trace jobs, in a pool of forked processes when workers > 1 (fake tracing is CPU-bound Python)."""
+    """Run trace jobs, in a pool of forked processes when workers > 1 (tracing is CPU-bound)."""
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor

@@ -1,4 +1,12 @@
-"""One steady-state LoRA training step, traced (fake tensors) or measured (real tensors).
+"""One steady-state LoRA training step, traced (meta tensors) or measured (real tensors).
+
+Traced = the model and its LoRA built on the meta device and run there under the live-bytes
+tracker: no weights, no memory. Two places where meta kernels answer differently from CPU ones
+are corrected so the trace equals a real CPU step to the byte (tests compare all shipped
+architectures with fake-tensor and real runs): SDPA's backend choice (meta always decomposes to
+the math path; CPU takes the fused flash kernel) and layer norm's saved statistics (fp32 on meta,
+the input dtype on CPU). Meta dispatch runs in C++; fake tensors (``method="fake"``, kept as a
+cross-check) wrap every op in Python and were 3-6x slower.
 
 Steady state = the second of two identical steps: AdamW state exists, gradients start as None
 (``zero_grad(set_to_none=True)``), the step's outputs are released when it ends. We reach it in
@@ -34,6 +42,55 @@ def _unpacked_sequences():
         yield
     finally:
         masking_utils.find_packed_sequence_indices = original
+
+
+@contextlib.contextmanager
+def _cpu_attention_on_meta():
+    """On the meta device, SDPA always takes its decomposed math path (explicit attention matrix,
+    kept for backward), while on CPU it takes the fused flash kernel when its conditions hold.
+    Make meta tensors choose as CPU tensors would: ask the CPU chooser with same-shaped empty CPU
+    tensors (never written), and call the CPU flash kernel (it has meta and autograd kernels)."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend
+
+    original = F.scaled_dot_product_attention
+
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    def on_cpu(t):
+        return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype) if isinstance(t, torch.Tensor) and t.is_meta else t
+
+    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if query.is_meta:
+            with _disable_current_modes():  # the tracker must not count these stand-ins
+                choice = torch._fused_sdp_choice(on_cpu(query), on_cpu(key), on_cpu(value), on_cpu(attn_mask), dropout_p,
+                                                 is_causal, scale=scale, enable_gqa=enable_gqa)
+            if choice == int(SDPBackend.FLASH_ATTENTION):
+                return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                    query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)[0]
+        return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                        enable_gqa=enable_gqa)
+
+    F.scaled_dot_product_attention = sdpa
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+class _CpuKernelsOnMeta(torch.utils._python_dispatch.TorchDispatchMode):
+    """Where a CPU kernel's outputs differ from the meta kernel's, return what CPU returns.
+
+    Known case: ``native_layer_norm`` on half-precision input keeps its saved mean/rstd in the
+    input dtype on CPU, in float32 on meta. Entered outside the tracker, so the tracker sees
+    only the corrected outputs.
+    """
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten.native_layer_norm.default and args[0].dtype in (torch.bfloat16, torch.float16):
+            out = (out[0], out[1].to(args[0].dtype), out[2].to(args[0].dtype))
+        return out
 
 
 def _head(model):
@@ -97,15 +154,25 @@ def trace_assignment(config, task: str, dtype: str, prefix: str, assignment: Map
                      seed: int = 0) -> dict[str, int]:
     """Per-phase peak live tensor bytes of one steady-state step of this LoRA assignment.
 
-    ``method``: "traced" (fake tensors, no memory used), "measured" (real CPU tensors, same
-    tracker), or "cuda" (real CUDA tensors, ``torch.cuda.max_memory_allocated``).
+    ``method``: "traced" (meta tensors, no memory used), "fake" (fake tensors; same numbers,
+    slower), "measured" (real CPU tensors, same tracker), or "cuda" (real CUDA tensors,
+    ``torch.cuda.max_memory_allocated``).
     """
     from peft import get_peft_model
 
     if method == "cuda":
         return _cuda_peak(config, task, dtype, prefix, assignment, batch, seq, steps, attn_implementation, seed)
     torch.manual_seed(seed)
-    fake = method == "traced"
+    if method == "traced":
+        model = build_base(config, task, dtype, meta=True, attn_implementation=attn_implementation)
+        model = get_peft_model(model, lora_config_for(prefix, assignment, task))
+        model.train()
+        memo: dict[int, torch.Tensor] = {}  # keep aliases aliased (causal LM: labels is input_ids)
+        inputs = {k: memo.setdefault(id(v), v.to("meta")) if isinstance(v, torch.Tensor) else v
+                  for k, v in example_inputs(config, task, batch, seq).items()}
+        with _unpacked_sequences(), _cpu_attention_on_meta(), _CpuKernelsOnMeta():
+            return step_peaks(model, inputs, LiveBytes(), steps=steps)
+    fake = method == "fake"
     model = build_base(config, task, dtype, meta=fake, attn_implementation=attn_implementation)
     model = get_peft_model(model, lora_config_for(prefix, assignment, task))
     if not fake:

@@ -1,4 +1,4 @@
-"""Live tensor bytes, tracked at the dispatcher: works on fake tensors (no memory) and real ones.
+"""Live tensor bytes, tracked at the dispatcher: works on meta and fake tensors (no memory) and real ones.
 
 Every tensor an op returns is counted once per storage; a weak reference to the storage takes its
 bytes off again when autograd or Python frees it. Peaks are kept per phase of the step.

@@ -1,4 +1,4 @@
-"""Tracing: one step with pre-created AdamW state is the steady state; fake tensors match real ones."""
+"""Tracing: one step with pre-created AdamW state is the steady state; meta traces match fake and real runs."""
 import pytest
 
 from lora_planner.profiling.build import discover, load_config
@@ -26,13 +26,48 @@ def test_one_prepared_step_equals_the_second_of_two_steps(llama, assignment):
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_fake_trace_matches_real_cpu_execution(llama, assignment):
+def test_traces_match_real_cpu_execution(llama, assignment):
     config, d = llama
-    fake = trace_assignment(config, "causal-lm", "bf16", d.prefix, assignment, 2, 32, method="traced")
+    traced = trace_assignment(config, "causal-lm", "bf16", d.prefix, assignment, 2, 32, method="traced")
+    fake = trace_assignment(config, "causal-lm", "bf16", d.prefix, assignment, 2, 32, method="fake")
     real = trace_assignment(config, "causal-lm", "bf16", d.prefix, assignment, 2, 32, method="measured")
-    # Same tracker, same step: fake and real must agree to the byte (the packed-sequence check that
-    # made transformers build an extra causal mask under fake tensors is answered as a real run does).
-    assert fake == real
+    # Same tracker, same step: meta, fake and real must agree to the byte (the packed-sequence check
+    # that made transformers build an extra causal mask without real data is answered as a real run does).
+    assert traced == fake == real
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_meta_trace_matches_real_execution_with_layer_norm_and_fused_attention(tmp_path, arch):
+    """BERT and GPT-2 use layer norm (saved statistics in bf16 on CPU, fp32 on meta) and SDPA."""
+    import json
+
+    cfgs = {"bert": {"architectures": ["BertModel"], "model_type": "bert", "hidden_size": 64, "intermediate_size": 128,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 300, "max_position_embeddings": 128},
+            "gpt2": {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4,
+                     "vocab_size": 300, "n_positions": 128}}
+    (tmp_path / "config.json").write_text(json.dumps(cfgs[arch]))
+    config = load_config(str(tmp_path / "config.json"))
+    task = "seq-cls" if arch == "bert" else "causal-lm"
+    d = discover(config, task, "bf16")
+    a = {(1, d.modules[0].name): 4, (0, d.modules[-1].name): 8}
+    traced = trace_assignment(config, task, "bf16", d.prefix, a, 2, 48, method="traced")
+    assert traced == trace_assignment(config, task, "bf16", d.prefix, a, 2, 48, method="measured")
+
+
+def test_meta_trace_matches_fake_tensors_on_every_shipped_architecture():
+    """Two real-width blocks of each shipped config: the meta trace equals the fake-tensor trace to the byte."""
+    from lora_planner.profile import shipped_models, shipped_profile
+    from lora_planner.profiling.build import truncated
+    from lora_planner.profiling.fit import random_assignments
+
+    for name in shipped_models():
+        prof = shipped_profile(name)
+        config = truncated(load_config(name), 2)
+        if prof.task == "seq-cls":
+            config.num_labels = 3
+        a = random_assignments(prof.module_names, 2, 1, seed=5)[0]
+        meta = trace_assignment(config, prof.task, "bf16", prof.layer_prefix, a, 2, 64, method="traced")
+        assert meta == trace_assignment(config, prof.task, "bf16", prof.layer_prefix, a, 2, 64, method="fake"), name
 
 
 def test_discovery_finds_blocks_modules_and_shared_inputs(llama):

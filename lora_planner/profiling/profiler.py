@@ -71,6 +71,14 @@ def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: st
     if n_layers < FIT_LAYERS:
         raise LoraPlannerError("MODEL", f"a model with at least {FIT_LAYERS} blocks", n_layers, "")
     t_start = time.perf_counter()
+    with _TracePool(workers, method, config) as pool:  # workers start (and import) while we discover
+        return _profile(config, task, dtype, batch_size, seq_len, target_modules, method, validate, seed, name, model,
+                        progress, pool, t_start)
+
+
+def _profile(config, task, dtype, batch_size, seq_len, target_modules, method, validate, seed, name, model, progress, pool,
+             t_start) -> ModelProfile:
+    n_layers = num_layers(config)
     disc = discover(config, task, dtype)
     draft = ModelProfile(name=name or model, architecture=(config.architectures or [type(config).__name__])[0], task=task,
                          num_layers=n_layers, layer_prefix=disc.prefix, modules=disc.modules, default_targets=(),
@@ -85,7 +93,7 @@ def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: st
         shapes = [(batch_size, seq_len), (2 * batch_size, seq_len), (3 * batch_size, seq_len), (4 * batch_size, seq_len)]
     tick = progress("fit traces", len(designs) * len(shapes)) if progress else None
     jobs = [(small, task, dtype, disc.prefix, a, b, s, method, seed) for b, s in shapes for a in designs]
-    peaks = run_traces(jobs, workers, tick)
+    peaks = pool.run(jobs, tick)
     per_shape, residual = {}, 0.0
     for i, (b, s) in enumerate(shapes):
         traces = list(zip(designs, peaks[i * len(designs):(i + 1) * len(designs)]))
@@ -108,7 +116,7 @@ def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: st
                            phases=phases)
 
     def measure_all(assignments, b, s):
-        return run_traces([(config, task, dtype, disc.prefix, a, b, s, method, seed) for a in assignments], workers, tick)
+        return pool.run([(config, task, dtype, disc.prefix, a, b, s, method, seed) for a in assignments], tick)
 
     checks = [{(layer, m): 8 for m in targets} for layer in sorted({0, n_layers // 2, n_layers - 1})]
     checks += fit.random_assignments(draft.module_names, n_layers, max(validate - len(checks), 0), seed)
@@ -129,30 +137,71 @@ def _trace_job(job):
     return trace_assignment(*job[:7], method=job[7], seed=job[8])
 
 
-def run_traces(jobs: list, workers: int | None, tick=None) -> list[dict[str, int]]:
-    """Run trace jobs, in a pool of forked processes when workers > 1 (tracing is CPU-bound)."""
-    import multiprocessing
-    import os
-    from concurrent.futures import ProcessPoolExecutor
+def _warm(modules: tuple[str, ...]) -> None:
+    """Import what a trace needs, so the first real job does not pay for it."""
+    import importlib
 
-    workers = workers if workers is not None else min(os.cpu_count() or 1, 2)
-    if workers <= 1 or len(jobs) < 4 or jobs[0][7] == "cuda":
+    for m in modules:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(m)
+
+
+class _TracePool:
+    """Trace workers for one whole profile: started at once, warmed (torch, transformers, peft and
+    the model's modeling module imported) while the caller works, reused for the fit and the
+    validation traces. In-process when workers <= 1 or for CUDA."""
+
+    def __init__(self, workers: int | None, method: str, config=None) -> None:
+        import os
+
+        self.workers = workers if workers is not None else min(os.cpu_count() or 1, 2)
+        self.inline = self.workers <= 1 or method == "cuda"
+        modeling = type(config).__module__.replace(".configuration_", ".modeling_") if config is not None else ""
+        self.preload = tuple(m for m in ("lora_planner.profiling.trace", "transformers", "peft", modeling) if m)
+        self.pool = None
+
+    def __enter__(self) -> "_TracePool":
+        if not self.inline:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # forkserver, not fork: a child forked from a parent whose OpenMP pool has run can hang.
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(list(self.preload))  # imported once, in the server every worker forks from
+            self._hidden = _main_hidden()
+            self._hidden.__enter__()
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+            for _ in range(self.workers):
+                self.pool.submit(_warm, self.preload)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            # on an error, do not make the user wait for warm-up imports to finish
+            self.pool.shutdown(wait=exc[0] is None, cancel_futures=True)
+            self._hidden.__exit__(*exc)
+
+    def run(self, jobs: list, tick=None) -> list[dict[str, int]]:
+        if self.pool is None or len(jobs) < 4:
+            out = []
+            for job in jobs:
+                out.append(_trace_job(job))
+                if tick:
+                    tick()
+            return out
         out = []
-        for job in jobs:
-            out.append(_trace_job(job))
-            if tick:
-                tick()
-        return out
-    # forkserver, not fork: a child forked from a parent whose OpenMP pool has run can hang.
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["lora_planner.profiling.trace"])
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool, _main_hidden():
-        out = []
-        for result in pool.map(_trace_job, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
+        for result in self.pool.map(_trace_job, jobs, chunksize=max(1, len(jobs) // (8 * self.workers))):
             out.append(result)
             if tick:
                 tick()
         return out
+
+
+def run_traces(jobs: list, workers: int | None, tick=None) -> list[dict[str, int]]:
+    """Run trace jobs, in a pool of worker processes when workers > 1 (tracing is CPU-bound)."""
+    method = jobs[0][7] if jobs else "traced"
+    with _TracePool(workers, method) as pool:
+        return pool.run(jobs, tick)
 
 
 @contextlib.contextmanager

@@ -89,10 +89,46 @@ def _target_found(cfg: Mapping[str, Any], key: str) -> bool:
 
 
 def _pattern_value(patterns: Mapping[str, Any], key: str, default: Any) -> Any:
-    for pat in patterns:
-        if re.match(rf"(.*\.)?({pat})$", key):
-            return patterns[pat]
-    return default
+    """PEFT's rule: the first pattern (in order) matching the end of ``key`` at a dot boundary wins."""
+    if not patterns:
+        return default
+    try:
+        literal, regexes = _pattern_table(tuple(patterns.items()))
+    except TypeError:  # unhashable values: match one by one
+        literal, regexes = {}, [(i, re.compile(rf"(.*\.)?({p})$"), v) for i, (p, v) in enumerate(patterns.items())]
+    best = None  # (index, value) of the earliest plain-name pattern that is a dot-suffix of key
+    parts = key.split(".")
+    for i in range(len(parts)):
+        hit = literal.get(".".join(parts[i:]))
+        if hit is not None and (best is None or hit[0] < best[0]):
+            best = hit
+    for index, rx, value in regexes:
+        if best is not None and index > best[0]:
+            break
+        if rx.match(key):
+            return value
+    return best[1] if best is not None else default
+
+
+_PLAIN = re.compile(r"(?:[A-Za-z0-9_\-]|\\[.\-_])+")  # letters, digits, _ and -, and escaped . - _
+_TABLES: dict[tuple, tuple[dict, list]] = {}
+
+
+def _pattern_table(items: tuple) -> tuple[dict, list]:
+    """Patterns split into plain names (dict lookups on the key's dot-suffixes — our planner emits
+    escaped full names) and true regular expressions (compiled once), each keeping its order."""
+    table = _TABLES.get(items)
+    if table is None:
+        literal, regexes = {}, []
+        for index, (pat, value) in enumerate(items):
+            if _PLAIN.fullmatch(pat):
+                literal.setdefault(re.sub(r"\\(.)", r"\1", pat), (index, value))
+            else:
+                regexes.append((index, re.compile(rf"(.*\.)?({pat})$"), value))
+        if len(_TABLES) > 4096:
+            _TABLES.clear()
+        table = _TABLES[items] = (literal, regexes)
+    return table
 
 
 def assignment_from_adapter_config(profile: ModelProfile, cfg: Mapping[str, Any]) -> Assignment:

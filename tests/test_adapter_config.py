@@ -46,3 +46,24 @@ def test_reading_a_config_agrees_with_peft(tiny_llama_profile, tiny_llama_path, 
 def test_an_empty_plan_is_never_emitted(tiny_llama_profile):
     with pytest.raises(LoraPlannerError, match="empty"):
         to_adapter_config(tiny_llama_profile, {})
+
+
+def test_pattern_lookup_agrees_with_peft_on_random_pattern_sets():
+    """Our fast rank_pattern lookup (dict lookups for plain names) against PEFT's own get_pattern_key."""
+    import random
+    import re
+
+    from peft.utils.other import get_pattern_key
+
+    from lora_planner.adapter_config import _pattern_value
+
+    rng = random.Random(0)
+    keys = [f"model.layers.{l}.self_attn.{m}" for l in range(12) for m in ("q_proj", "v_proj", "k_proj")]
+    keys += ["bert.encoder.layer.3.attention.self.query", "x.q_proj"]
+    pool = [re.escape(k) for k in keys] + ["q_proj", "v_proj", r"layers\.3\.self_attn\.q_proj", "layers.3.self_attn.q_proj",
+                                           r".*\.q_proj", r"self_attn\.v_proj", "k_pro", "q-proj", r"layer\.3\.", "query"]
+    for _ in range(2000):
+        pats = {p: rng.randint(1, 64) for p in rng.sample(pool, rng.randint(0, 12))}
+        for k in keys:
+            hit = get_pattern_key(list(pats), k)
+            assert _pattern_value(pats, k, -1) == pats.get(hit, -1), (pats, k)

@@ -195,8 +195,10 @@ class STAgg(_Rule):
         for name, e in zip(names, eta):
             f = spatial[name]
             if name in self.W:
-                Wa, Wb = agg.pad(self.W[name].A, self.W[name].B, f.rank)
-                self.W[name] = Factors(Wa + e * (f.A - Wa), Wb + e * (f.B - Wb))
+                Wa, Wb = self.W[name].A, self.W[name].B
+                if Wa.shape[0] < f.rank:
+                    Wa, Wb = agg.pad(Wa, Wb, f.rank)
+                self.W[name] = Factors(torch.lerp(Wa, f.A, e), torch.lerp(Wb, f.B, e))  # W + e (agg - W), one pass
             else:
                 self.W[name] = f
             self.count[name] = self.count.get(name, 0) + 1

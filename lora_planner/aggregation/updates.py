@@ -63,7 +63,7 @@ def finite(t) -> bool:
     """No NaN or Inf in ``t``: one summing pass (NaN/Inf propagate), an exact check only if the sum is not finite."""
     import torch
 
-    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+    return math.isfinite(t.sum().item()) or bool(torch.isfinite(t).all())
 
 
 def config_dict(cfg: Any) -> dict:
@@ -117,7 +117,8 @@ def parse_update(update: ClientUpdate) -> dict[str, Factors]:
         if A.ndim != 2 or B.ndim != 2 or A.shape[0] != r or B.shape[1] != r:
             raise UpdateRejected(f"{who}: {module}", f"rank {r} (A: {r} x in, B: out x {r})",
                                  f"A {tuple(A.shape)}, B {tuple(B.shape)}", "Drop this update.")
-        A32, B32 = A.detach().to(torch.float32), B.detach().to(torch.float32)
+        A32 = A.detach() if A.dtype == torch.float32 else A.detach().to(torch.float32)
+        B32 = B.detach() if B.dtype == torch.float32 else B.detach().to(torch.float32)
         if not (finite(A32) and finite(B32)):
             raise UpdateRejected(f"{who}: {module}", "finite", "NaN or Inf values", "Drop this update.")
         out[module] = Factors(A32, B32, scale_of(cfg, module))

@@ -19,12 +19,13 @@ METHODS = ("traced", "measured", "cuda")
 FIT_LAYERS = 3
 
 
-def peft_default_targets(config, module_names: Sequence[str]) -> tuple[str, ...]:
+def _structure(config, task: str, dtype: str):
+    """Discovery, one block's frozen bytes and PEFT's default target names for this architecture:
+    run in a trace worker, so the calling process need not import peft or the modeling code."""
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as MAP
 
-    wanted = MAP.get(config.model_type) or []
-    hits = tuple(n for n in module_names if n.split(".")[-1] in wanted)
-    return hits or tuple(module_names[:1])
+    disc = discover(config, task, dtype)
+    return disc, _block_frozen_bytes(config, task, dtype, disc.prefix), list(MAP.get(config.model_type) or [])
 
 
 def _block_frozen_bytes(config, task: str, dtype: str, prefix: str) -> int:
@@ -79,27 +80,41 @@ def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: st
 def _profile(config, task, dtype, batch_size, seq_len, target_modules, method, validate, seed, name, model, progress, pool,
              t_start) -> ModelProfile:
     n_layers = num_layers(config)
-    disc = discover(config, task, dtype)
+    disc, block_bytes, peft_wanted = pool.call(_structure, config, task, dtype)
     draft = ModelProfile(name=name or model, architecture=(config.architectures or [type(config).__name__])[0], task=task,
                          num_layers=n_layers, layer_prefix=disc.prefix, modules=disc.modules, default_targets=(),
                          max_positions=disc.max_positions, param_count=disc.param_count, conditions={}, phases={})
     check_shape(draft, batch_size, seq_len)
-    targets = draft.resolve_targets(list(target_modules)) if target_modules else peft_default_targets(config, draft.module_names)
+    if target_modules:
+        targets = draft.resolve_targets(list(target_modules))
+    else:  # PEFT's defaults for the architecture
+        targets = tuple(n for n in draft.module_names if n.split(".")[-1] in peft_wanted) or tuple(draft.module_names[:1])
 
     small = truncated(config, FIT_LAYERS)
     designs = fit.design(disc.modules, FIT_LAYERS - 1)
     shapes = fit.fit_shapes(batch_size, seq_len)
     if seq_len < 4:
         shapes = [(batch_size, seq_len), (2 * batch_size, seq_len), (3 * batch_size, seq_len), (4 * batch_size, seq_len)]
-    tick = progress("fit traces", len(designs) * len(shapes)) if progress else None
-    jobs = [(small, task, dtype, disc.prefix, a, b, s, method, seed) for b, s in shapes for a in designs]
-    peaks = pool.run(jobs, tick)
+    fit_jobs = [(small, task, dtype, disc.prefix, a, b, s, method, seed) for b, s in shapes for a in designs]
+    checks = [{(layer, m): 8 for m in targets} for layer in sorted({0, n_layers // 2, n_layers - 1})]
+    checks += fit.random_assignments(draft.module_names, n_layers, max(validate - len(checks), 0), seed)
+    checks = checks[:max(validate, 0)]
+    holdout = fit.random_assignments(draft.module_names, n_layers, 2 if validate else 0, seed + 1)
+    hb, hs = fit.holdout_shape(batch_size, seq_len)
+    if draft.max_positions and hs > draft.max_positions:
+        hs = draft.max_positions
+    check_jobs = [(config, task, dtype, disc.prefix, a, batch_size, seq_len, method, seed) for a in checks]
+    check_jobs += [(config, task, dtype, disc.prefix, a, hb, hs, method, seed) for a in holdout]
+    # One submission: the full-depth validation traces start as soon as a worker is free.
+    ticks = _two_bars(progress, ("fit traces", len(fit_jobs)), ("validation traces", len(check_jobs)))
+    results = pool.run(fit_jobs + check_jobs, ticks)
+    peaks, measured = results[:len(fit_jobs)], results[len(fit_jobs):]
     per_shape, residual = {}, 0.0
     for i, (b, s) in enumerate(shapes):
         traces = list(zip(designs, peaks[i * len(designs):(i + 1) * len(designs)]))
         per_shape[(b, s)], worst = fit.solve_terms(traces, disc.modules, FIT_LAYERS)
         residual = max(residual, worst)
-    gap = (n_layers - FIT_LAYERS) * _block_frozen_bytes(config, task, dtype, disc.prefix)
+    gap = (n_layers - FIT_LAYERS) * block_bytes
     phases = fit.assemble(per_shape, disc.modules, gap)
     conditions = {
         "batch_size": batch_size, "seq_len": seq_len, "dtype": dtype,
@@ -115,19 +130,8 @@ def _profile(config, task, dtype, batch_size, seq_len, target_modules, method, v
                            max_positions=disc.max_positions, param_count=disc.param_count, conditions=conditions,
                            phases=phases)
 
-    def measure_all(assignments, b, s):
-        return pool.run([(config, task, dtype, disc.prefix, a, b, s, method, seed) for a in assignments], tick)
-
-    checks = [{(layer, m): 8 for m in targets} for layer in sorted({0, n_layers // 2, n_layers - 1})]
-    checks += fit.random_assignments(draft.module_names, n_layers, max(validate - len(checks), 0), seed)
-    checks = checks[:max(validate, 0)]
-    holdout = fit.random_assignments(draft.module_names, n_layers, 2 if validate else 0, seed + 1)
-    tick = progress("validation traces", len(checks) + len(holdout)) if progress else None
-    validation = fit.validate(profile, measure_all(checks, batch_size, seq_len), checks)
-    hb, hs = fit.holdout_shape(batch_size, seq_len)
-    if profile.max_positions and hs > profile.max_positions:
-        hs = profile.max_positions
-    shape_check = fit.validate(profile, measure_all(holdout, hb, hs), holdout, shape=(hb, hs))
+    validation = fit.validate(profile, measured[:len(checks)], checks)
+    shape_check = fit.validate(profile, measured[len(checks):], holdout, shape=(hb, hs))
     validation["shape_holdout"] = shape_check
     validation["seconds"] = round(time.perf_counter() - t_start, 2)
     return dataclasses.replace(profile, validation=validation)
@@ -181,6 +185,10 @@ class _TracePool:
             self.pool.shutdown(wait=exc[0] is None, cancel_futures=True)
             self._hidden.__exit__(*exc)
 
+    def call(self, fn, *args):
+        """fn(*args) in a worker (whose imports are warm), or here when in-process."""
+        return fn(*args) if self.pool is None else self.pool.submit(fn, *args).result()
+
     def run(self, jobs: list, tick=None) -> list[dict[str, int]]:
         if self.pool is None or len(jobs) < 4:
             out = []
@@ -222,8 +230,24 @@ def _main_hidden():
 
 
 def _versions() -> dict[str, str]:
-    import peft
-    import torch
-    import transformers
+    from importlib.metadata import version
 
-    return {"lora_planner": __version__, "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+    return {"lora_planner": __version__, **{k: version(k) for k in ("torch", "transformers", "peft")}}
+
+
+def _two_bars(progress, first: tuple[str, int], second: tuple[str, int]):
+    """One tick function over two progress bars: the first ``first[1]`` ticks go to the first."""
+    if not progress:
+        return None
+    bars = [progress(*first) if first[1] else None, None]
+    count = [0]
+
+    def tick():
+        count[0] += 1
+        if count[0] <= first[1]:
+            bars[0]()
+        else:
+            if bars[1] is None:
+                bars[1] = progress(*second)
+            bars[1]()
+    return tick

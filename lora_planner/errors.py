@@ -20,6 +20,10 @@ class LoraPlannerError(ValueError):
             msg += f" {fix}"
         super().__init__(" ".join(msg.split()))
 
+    def __reduce__(self):
+        # rebuilt from its parts, so it survives the trip back from a worker process
+        return (type(self), (self.field, self.rule, self.value, self.fix))
+
 
 def nearest(name: str, known: Iterable[str]) -> str:
     """A 'did you mean' clause for a misspelt name, or a list of the known names."""

@@ -22,3 +22,15 @@ def test_bad_sizes_name_the_field_and_a_fix(bad):
 def test_format_size_round_trips_through_parse():
     assert format_size(16 * 2**30) == "16.00 GiB"
     assert parse_size(format_size(85 * 2**20).replace(" ", "")) == 85 * 2**20
+
+
+def test_errors_survive_pickling_so_worker_processes_can_raise_them():
+    """Profiling discovers the model in a worker process; its one-line error must come back intact."""
+    import pickle
+
+    from lora_planner import LoraPlannerError
+    from lora_planner.aggregation.updates import UpdateRejected
+
+    for cls in (LoraPlannerError, UpdateRejected):
+        e = pickle.loads(pickle.dumps(cls("MODEL", "a transformer with a list of blocks", "Foo", "Not supported.")))
+        assert type(e) is cls and str(e) == "MODEL must be a transformer with a list of blocks; got Foo. Not supported."

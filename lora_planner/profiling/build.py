@@ -86,8 +86,15 @@ def build_base(config, task: str, dtype: str, meta: bool, attn_implementation: s
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     ctx = torch.device("meta") if meta else contextlib.nullcontext()
-    with ctx:
-        return cls.from_config(config, **kwargs)
+    try:
+        with ctx:
+            return cls.from_config(config, **kwargs)
+    except ValueError as exc:
+        if "Unrecognized configuration class" not in str(exc):
+            raise
+        other = "seq-cls" if task == "causal-lm" else "causal-lm"
+        raise LoraPlannerError("--task", f"a task that transformers' {cls.__name__} can build for model_type "
+                               f"'{config.model_type}'", task, f"Try --task {other}; encoder-decoder models are not supported.") from None
 
 
 def find_blocks(model) -> tuple[str, torch.nn.ModuleList]:

@@ -24,8 +24,17 @@ def _structure(config, task: str, dtype: str):
     run in a trace worker, so the calling process need not import peft or the modeling code."""
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as MAP
 
-    disc = discover(config, task, dtype)
-    return disc, _block_frozen_bytes(config, task, dtype, disc.prefix), list(MAP.get(config.model_type) or [])
+    try:
+        disc = discover(config, task, dtype)
+        frozen = _block_frozen_bytes(config, task, dtype, disc.prefix)
+    except LoraPlannerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a model we cannot build raises, the user gets one line
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise LoraPlannerError("MODEL", "an architecture lora-planner can trace (decoder-only causal LMs, encoder "
+                               "classifiers)", f"model_type '{config.model_type}' ({detail})",
+                               "See `lora-planner profile --list` for tested ones.") from None
+    return disc, frozen, list(MAP.get(config.model_type) or [])
 
 
 def _block_frozen_bytes(config, task: str, dtype: str, prefix: str) -> int:

@@ -163,3 +163,16 @@ def test_profile_cli_writes_a_loadable_profile_with_a_table(tmp_path, tiny_llama
     from lora_planner import load_profile
 
     assert load_profile(out).num_layers == 4
+
+
+@pytest.mark.parametrize("task,needles", [("causal-lm", ["--task", "AutoModelForCausalLM", "Try --task seq-cls"]),
+                                          ("seq-cls", ["MODEL must be an architecture lora-planner can trace", "t5"])])
+def test_an_architecture_we_cannot_build_is_one_line_from_the_worker(capsys, tmp_path, task, needles):
+    """Discovery runs in a trace worker; its error must come back as one line, exit 2, no file."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "d_model": 64,
+                               "d_ff": 128, "num_layers": 3, "num_heads": 4, "vocab_size": 300, "d_kv": 16}))
+    out = tmp_path / "p.json"
+    code, _, err = run(capsys, "profile", str(cfg), "--task", task, "-o", str(out))
+    assert_one_line_error(code, err, *needles)
+    assert not out.exists()

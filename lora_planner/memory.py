@@ -7,11 +7,11 @@ see ``PhaseTerms``. Pure Python, no torch: it sits on the planning path.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from .errors import LoraPlannerError
-from .profile import ModelProfile, basis
+from .profile import ModelProfile, basis, pair_key
 
 Assignment = Mapping[tuple[int, str], int]
 
@@ -27,6 +27,7 @@ class ShapeTerms:
     group: Mapping[str, float]
     module: Mapping[str, float]
     rank: Mapping[str, float]
+    pair: Mapping[str, float] = field(default_factory=dict)
 
 
 def _dot(c, b) -> float:
@@ -48,14 +49,15 @@ def evaluate(profile: ModelProfile, batch: int | None = None, seq: int | None = 
             group={k: _dot(v, b) for k, v in t.group.items()},
             module={k: _dot(v, b) for k, v in t.module.items()},
             rank={k: _dot(v, b) for k, v in t.rank.items()},
+            pair={k: _dot(v, b) for k, v in t.pair.items()},
         )
     return out
 
 
 def check_shape(profile: ModelProfile, batch: int, seq: int) -> None:
-    for field, value in (("--batch-size", batch), ("--seq-len", seq)):
+    for name, value in (("--batch-size", batch), ("--seq-len", seq)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise LoraPlannerError(field, "a positive whole number", value, "E.g. --batch-size 1 --seq-len 512.")
+            raise LoraPlannerError(name, "a positive whole number", value, "E.g. --batch-size 1 --seq-len 512.")
     if profile.max_positions and seq > profile.max_positions:
         raise LoraPlannerError(
             "--seq-len", f"at most {profile.max_positions} (the context length of {profile.name})", seq,
@@ -87,6 +89,9 @@ def layer_cost(t: ShapeTerms, ranks: Mapping[str, int], profile: ModelProfile, l
     cost = low_block_cost(t.top_low if top else t.path_low, set(ranks), profile) if lowest else t.path
     cost += sum(t.group.get(g, 0.0) for g in groups)
     cost += sum(t.module[m] + r * t.rank[m] for m, r in ranks.items())
+    if t.pair and len(groups) > 1 and not top:
+        ordered = sorted(groups)
+        cost += max(max(t.pair.get(pair_key(g, h), 0.0) for i, g in enumerate(ordered) for h in ordered[i + 1:]), 0.0)
     return cost
 
 

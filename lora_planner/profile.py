@@ -77,6 +77,15 @@ class PhaseTerms:
     group: Mapping[str, Coeffs]
     module: Mapping[str, Coeffs]
     rank: Mapping[str, Coeffs]
+    # Input groups adapted together in one block (below the top) keep more than their separate
+    # terms on BERT (0 on the decoders): per such block, the largest pair[pair_key(g, h)] among
+    # its groups. Absent in profiles made before this term (read as none).
+    pair: Mapping[str, Coeffs] = field(default_factory=dict)
+
+
+def pair_key(g: str, h: str) -> str:
+    """The key of the pair term of input groups g and h (order-free)."""
+    return "|".join(sorted((g, h)))
 
 
 @dataclass(frozen=True)
@@ -158,6 +167,8 @@ class ModelProfile:
 
 
 def _plain(obj):
+    if isinstance(obj, PhaseTerms) and not obj.pair:  # profiles without pair terms stay byte-identical
+        return {k: v for k, v in asdict(obj).items() if k != "pair"}
     if hasattr(obj, "__dataclass_fields__"):
         return asdict(obj)
     raise TypeError(type(obj).__name__)
@@ -210,6 +221,7 @@ def profile_from_json(body: Mapping[str, Any], source: str = "profile") -> Model
             p: PhaseTerms(
                 fixed=tuple(t["fixed"]), path=tuple(t["path"]),
                 **{k: {n: tuple(c) for n, c in t[k].items()} for k in ("path_low", "top_low", "group", "module", "rank")},
+                pair={n: tuple(c) for n, c in (t.get("pair") or {}).items()},
             )
             for p, t in body["phases"].items()
         }

@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..memory import Assignment, predict_phases
-from ..profile import BASIS, PHASES, ModelProfile, ModuleInfo, PhaseTerms, basis, group_subsets, subset_key
+from ..profile import BASIS, PHASES, ModelProfile, ModuleInfo, PhaseTerms, basis, group_subsets, pair_key, subset_key
 
 R0, R1 = 8, 32
 
@@ -57,7 +57,19 @@ def design(modules: Sequence[ModuleInfo], top: int) -> list[Assignment]:
                 out += [{(t, n): R0 for n in subset}, {(t1, n): R0 for n in subset}]
     # Two blocks above the lowest: separates the per-block path from the fixed part.
     out += [{(t2, m0): R0}, {(t2, m0): R0, (t, m0): R0}]
+    # Two input groups in one middle block (above the lowest, below the top): their pair term.
+    for g, h in _group_pairs(modules):
+        out.append({(t2, m0): R0, (t1, _first(modules, g)): R0, (t1, _first(modules, h)): R0})
     return out
+
+
+def _group_pairs(modules: Sequence[ModuleInfo]) -> list[tuple[str, str]]:
+    groups = sorted({m.group for m in modules})
+    return [(g, h) for i, g in enumerate(groups) for h in groups[i + 1:]]
+
+
+def _first(modules: Sequence[ModuleInfo], group: str) -> str:
+    return min((m for m in modules if m.group == group), key=lambda m: m.order).name
 
 
 def _columns(modules: Sequence[ModuleInfo]) -> tuple[list[tuple[str, str]], str, set[str]]:
@@ -72,6 +84,7 @@ def _columns(modules: Sequence[ModuleInfo]) -> tuple[list[tuple[str, str]], str,
     cols += [("top_low", k) for k in keys]
     cols += [("group", g) for g in sorted(multi)]
     cols += [("module", m.name) for m in modules] + [("rank", m.name) for m in modules]
+    cols += [("pair", pair_key(g, h)) for g, h in _group_pairs(modules)]
     return cols, m0, multi
 
 
@@ -98,6 +111,13 @@ def features(a: Assignment, modules: Sequence[ModuleInfo], num_layers: int) -> n
     for (_, m), r in a.items():
         x[index[("module", m)]] += 1
         x[index[("rank", m)]] += r
+    by_block: dict[int, set[str]] = {}
+    for layer, g in active:
+        by_block.setdefault(layer, set()).add(g)
+    for layer, gs in by_block.items():
+        assert len(gs) <= 2 or layer == num_layers - 1, "designed configurations pair at most two groups in a block"
+        if len(gs) == 2 and layer != num_layers - 1:
+            x[index[("pair", pair_key(*gs))]] += 1
     return x
 
 
@@ -142,8 +162,16 @@ def assemble(per_shape: Mapping[tuple[int, int], Mapping[str, Mapping[tuple[str,
             group={g: coeffs[("group", g)] for g in sorted(multi)},
             module={m.name: coeffs[("module", m.name)] for m in modules},
             rank={m.name: coeffs[("rank", m.name)] for m in modules},
+            pair={k: _or_zero(coeffs[("pair", k)], shapes) for k in (pair_key(g, h) for g, h in _group_pairs(modules))},
         )
     return phases
+
+
+def _or_zero(c: tuple[float, ...], shapes) -> tuple[float, ...]:
+    """A term under a byte at every fitted shape is least-squares noise: store an exact zero."""
+    if max(abs(sum(x * y for x, y in zip(c, basis(b, s)))) for b, s in shapes) < 1.0:
+        return (0.0,) * len(c)
+    return c
 
 
 def random_assignments(modules: Sequence[str], num_layers: int, n: int, seed: int,

@@ -47,7 +47,14 @@ def solve_cpsat_one(problem: Problem, capacity: int, time_limit: float = 60.0) -
                 idx = [m for m in range(M) if members[m]]
                 if low_terms[pi, j] > 0:
                     model.add(w[l] >= int(low_terms[pi, j]) * (y[l] + sum(adapted[l, m] for m in idx) - len(idx)))
-        cost = int(problem.fixed[pi]) + int(problem.path[pi]) * sum(z[l] - y[l] for l in range(L)) + sum(w)
+        # a block adapting two input groups pays the largest of their pair terms
+        ep = [model.new_int_var(0, int(problem.pair[pi].max()), f"p{pi}_{l}") for l in range(L)]
+        for l in range(L):
+            for g in range(G):
+                for h in range(g + 1, G):
+                    if problem.pair[pi, g, h] > 0:
+                        model.add(ep[l] >= int(problem.pair[pi, g, h]) * (act[l, g] + act[l, h] - 1))
+        cost = int(problem.fixed[pi]) + int(problem.path[pi]) * sum(z[l] - y[l] for l in range(L)) + sum(w) + sum(ep)
         cost += sum(int(problem.group[pi, g]) * act[l, g] for l in range(L) for g in range(G))
         cost += sum((int(problem.module[pi, m]) + int(problem.rank_cost[pi, m, r])) * x[l, m, r] for (l, m, r) in x)
         model.add(cost <= int(capacity))

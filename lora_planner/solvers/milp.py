@@ -56,7 +56,15 @@ def solve_milp_one(problem: Problem, capacity: int, backend: str = "cbc", time_l
                 idx = [m for m in range(M) if members[m]]
                 if low_terms[pi, j] > 0:
                     lp += w[l] >= int(low_terms[pi, j]) * (y[l] + pulp.lpSum(adapted[l, m] for m in idx) - len(idx))
+        # a block adapting two input groups pays the largest of their pair terms
+        ep = [pulp.LpVariable(f"p_{pi}_{l}", lowBound=0) for l in range(L)]
+        for l in range(L):
+            for g in range(G):
+                for h in range(g + 1, G):
+                    if problem.pair[pi, g, h] > 0:
+                        lp += ep[l] >= int(problem.pair[pi, g, h]) * (act[l, g] + act[l, h] - 1)
         lp += (int(problem.fixed[pi]) + int(problem.path[pi]) * pulp.lpSum(z[l] - y[l] for l in range(L)) + pulp.lpSum(w)
+               + pulp.lpSum(ep)
                + pulp.lpSum(int(problem.group[pi, g]) * act[l, g] for l in range(L) for g in range(G))
                + pulp.lpSum((int(problem.module[pi, m]) + int(problem.rank_cost[pi, m, r])) * x[l, m, r] for (l, m, r) in x)
                <= int(capacity))

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import LoraPlannerError
 from ..memory import evaluate
-from ..profile import ModelProfile
+from ..profile import ModelProfile, pair_key
 from ..value import importance_matrix, rank_utility
 
 MAX_OPTIONS = 5000
@@ -36,6 +36,7 @@ class Problem:
     top_low: np.ndarray  # [P, J] the same when the lowest block is the top block
     group_index: tuple[int, ...]  # [M] -> group number
     group: np.ndarray  # [P, G]
+    pair: np.ndarray  # [P, G, G] (g < h): a block adapting groups g and h pays the largest of its pairs
     module: np.ndarray  # [P, M]
     rank_cost: np.ndarray  # [P, M, R]
     value: np.ndarray  # [L, M, R]
@@ -68,6 +69,9 @@ class Problem:
         for m, g in enumerate(self.group_index):
             groups[:, g] |= on[:, m]
         cost = cost + (self.group[:, None, :] * groups[None]).sum(-1)
+        if self.pair.any():  # in every block (the memory model skips the top one: this bound is safe)
+            both = groups[:, :, None] & groups[:, None, :]  # [K, G, G]
+            cost = cost + (self.pair[:, None] * both[None]).max(axis=(-1, -2))
         if lowest:
             low_terms = self.top_low if top else self.path_low  # [P, J]
             applies = (on[:, None, :] | ~self.low_sets[None]).all(-1)  # [K, J]: subset j within the option
@@ -134,7 +138,8 @@ def build_problem(profile: ModelProfile, targets: tuple[str, ...], ranks: tuple[
 
     def vec(t):
         return np.array([t.fixed, t.path] + [t.path_low[k] for k in set_keys] + [t.top_low[k] for k in set_keys] + [t.group.get(g, 0.0) for g in groups]
-                        + [t.module[m] for m in targets] + [t.rank[m] for m in targets])
+                        + [t.module[m] for m in targets] + [t.rank[m] for m in targets]
+                        + [t.pair.get(pair_key(g, h), 0.0) for i, g in enumerate(groups) for h in groups[i + 1:]])
 
     vecs = {p: vec(terms[p]) for p in names}
     keep = [p for p in names if not any(q != p and np.all(vecs[q] >= vecs[p]) and (np.any(vecs[q] > vecs[p]) or names.index(q) < names.index(p)) for q in names)]
@@ -152,6 +157,8 @@ def build_problem(profile: ModelProfile, targets: tuple[str, ...], ranks: tuple[
         top_low=np.array([[_units(terms[p].top_low[k], unit) for k in set_keys] for p in keep], dtype=np.int64),
         group_index=gidx,
         group=np.array([[_units(terms[p].group.get(g, 0.0), unit) for g in groups] for p in keep], dtype=np.int64).reshape(P, len(groups)),
+        pair=np.array([[[_units(terms[p].pair.get(pair_key(g, h), 0.0), unit) if i < j else 0 for j, h in enumerate(groups)]
+                        for i, g in enumerate(groups)] for p in keep], dtype=np.int64).reshape(P, len(groups), len(groups)),
         module=arr(lambda t, i: t.module[targets[i]]),
         rank_cost=np.array([[[_units(r * terms[p].rank[m], unit) for r in ranks] for m in targets] for p in keep], dtype=np.int64),
         value=imp[:, :, None] * util[None, None, :],

@@ -131,3 +131,27 @@ def test_tabulated_and_scanned_lookups_agree(problem):
         assert a.status == b.status and a.objective == pytest.approx(b.objective)
         if a.status == "optimal":
             assert np.array_equal(a.cost, b.cost)
+
+
+@pytest.mark.parametrize("name", EXACT)
+def test_exact_solvers_equal_brute_force_with_pair_terms(name):
+    """all-MiniLM-L6-v2 has pair terms (two input groups in one block): every exact solver still finds
+    the brute-force optimum of the same integer problem (query and output.dense: 2^12 candidates)."""
+    from lora_planner import shipped_profile
+
+    prof = shipped_profile("all-minilm-l6-v2")
+    problem = build_problem(prof, ("attention.self.query", "output.dense"), (4,), unit=4096)
+    assert problem.pair.any()
+    lo = int(problem.base(problem.num_layers - 1).max())
+    hi = int(problem.cost({(l, m): 4 for l in range(6) for m in problem.targets}).max())
+    caps = [lo + (hi - lo) * f // 10 for f in (2, 5, 8)]
+    keys = [(l, m) for l in range(6) for m in problem.targets]
+    sols = get_solver(name).solve(problem, caps, [], seq_len=512, batch=1, seed=0)
+    for cap, sol in zip(caps, sols):
+        best = 0.0
+        for choice in itertools.product((None, 4), repeat=len(keys)):
+            a = {k: r for k, r in zip(keys, choice) if r}
+            if a and np.all(problem.cost(a) <= cap):
+                best = max(best, problem.objective(a))
+        assert sol.objective == pytest.approx(best, abs=1e-9)
+        assert np.all(problem.cost(sol.assignment) <= cap)

@@ -65,7 +65,7 @@ def main() -> None:
                      f"{-min(min(errs), 0):.3%}", f"{statistics.median(rot):+.1%}", f"{t_prof:.1f}"])
         print(rows[-1], flush=True)
     print(table(rows, ["model", "kind", "n", "median |err|", "max |err|", "worst under", "params-only median err", "profile s"]))
-    name = "profile_accuracy" + ("" if args.dtype == "fp32" else f"_{args.dtype}")
+    name = "profile_accuracy" + ("" if args.dtype == "fp32" else f"_{args.dtype}") + ("" if args.seq_len == 128 else f"_s{args.seq_len}")
     print("wrote", write(name, {"batch_size": 2, "seq_len": args.seq_len, "dtype": args.dtype, "models": detail}))
 
 

@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table, write  # noqa: E402
 
+from lora_planner import shipped_profile
 from lora_planner.data import load_records, partition
 from lora_planner.importance import compute_importance, depth_prior, from_values, spearman, uniform
 
@@ -33,7 +34,7 @@ DATASETS = {"banking77": (DATA / "banking77" / "train.csv", "text", "category"),
 MODEL = "all-minilm-l6-v2"
 
 
-def train_drop(recs, entries, train_idx, eval_batches, args, num_labels, modules) -> float:
+def train_drop(recs, entries, train_idx, eval_batches, args, num_labels) -> float:
     """Held-out loss before minus after ``args.steps`` AdamW steps with LoRA on ``entries`` (head always trained)."""
     import torch
     from peft import get_peft_model
@@ -83,9 +84,8 @@ def main() -> None:
     path, text_col, label_col = DATASETS[args.dataset]
     recs = load_records(path, text_col, label_col)
     num_labels = len(recs.label_names)
-    modules = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-               "intermediate.dense", "output.dense")
-    layers = 6
+    profile = shipped_profile(MODEL)  # its blocks and LoRA-able modules
+    modules, layers = profile.module_names, profile.num_layers
     rng = np.random.default_rng(0)
     order = rng.permutation(len(recs))
     eval_idx, train_idx = order[:args.eval].tolist(), order[args.eval:].tolist()
@@ -116,10 +116,10 @@ def main() -> None:
     units = [[(l, m) for m in modules] for l in range(layers)] if args.granularity == "layer" else \
         [[(l, m)] for l in range(layers) for m in modules]
     t = time.perf_counter()
-    base = train_drop(recs, [], train_idx, eval_batches, args, num_labels, modules)
+    base = train_drop(recs, [], train_idx, eval_batches, args, num_labels)
     drops = []
     for k, unit in enumerate(units):
-        drops.append(train_drop(recs, unit, train_idx, eval_batches, args, num_labels, modules) - base)
+        drops.append(train_drop(recs, unit, train_idx, eval_batches, args, num_labels) - base)
         print(f"  {k + 1}/{len(units)} {unit[0][0]}{'' if args.granularity == 'layer' else ' ' + unit[0][1]}: "
               f"extra loss drop {drops[-1]:+.4f}", flush=True)
     train_s = time.perf_counter() - t

@@ -110,15 +110,16 @@ def load_plan(path: str | Path) -> Plan:
 
 
 def resolve_importance(profile: ModelProfile, targets: Sequence[str], importance) -> tuple:
-    """(values array or None for the profile's own, the name recorded in the plan)."""
+    """(the [layers, targets] values the solvers maximise, the name recorded in the plan)."""
+    from .importance.scores import depth_prior, normalise, uniform
     from .value import stored_importance
 
     if importance is None or (isinstance(importance, str) and importance == "profile"):
         stored = stored_importance(profile, tuple(targets))
-        return None, (profile.importance or {}).get("method", "stored") if stored is not None else "uniform"
+        if stored is None:
+            return uniform(profile.num_layers, len(targets)), "uniform"
+        return normalise(stored), profile.importance.get("method", "stored")
     if isinstance(importance, str):
-        from .importance.scores import depth_prior, uniform
-
         priors = {"uniform": uniform, "depth-prior": depth_prior}
         if importance not in priors:
             raise LoraPlannerError("--importance", f"one of profile, {', '.join(priors)}", importance,

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from .importance.scores import from_values, normalise
 from .profile import ModelProfile
 
 
@@ -20,11 +21,7 @@ def importance_matrix(profile: ModelProfile, targets: tuple[str, ...]) -> np.nda
     the same, so plans differ only by what memory allows (lower layers cost more to train).
     """
     mat = stored_importance(profile, targets)
-    if mat is None:
-        mat = np.ones((profile.num_layers, len(targets)))
-    mat = np.clip(mat, 0.0, None)
-    total = mat.sum()
-    return mat / total if total > 0 else np.full_like(mat, 1.0 / mat.size)
+    return normalise(np.ones((profile.num_layers, len(targets))) if mat is None else mat)
 
 
 def stored_importance(profile: ModelProfile, targets: tuple[str, ...]) -> np.ndarray | None:
@@ -33,4 +30,4 @@ def stored_importance(profile: ModelProfile, targets: tuple[str, ...]) -> np.nda
     values = imp.get("values") if isinstance(imp, dict) else None
     if not values or not all(t in values for t in targets):
         return None
-    return np.array([[float(values[t][layer]) for t in targets] for layer in range(profile.num_layers)])
+    return from_values(values, targets)

@@ -107,17 +107,15 @@ def _importance_job(args):
             data = load_records(args.data, args.text_column, args.label_column, num_labels=args.num_labels)
         else:
             data = load_instructions(args.data, args.instruction_column, args.context_column, args.response_column)
-        if args.samples > len(data):
-            raise LoraPlannerError("--samples", f"at most the {len(data)} records of {args.data}", args.samples,
-                                   f"Use --samples {len(data)} or less.")
+        from ..data.tokenize import sample_indices
+
+        sample_indices(len(data), args.samples, args.seed)  # the sampling rule, checked before tracing
     elif score.needs_data:
         raise LoraPlannerError("--data", f"a dataset for --importance {score.name}", "nothing", "E.g. --data train.csv.")
     if score.needs_model:
-        from ..importance.measure import weights_folder
+        from ..importance.measure import require_weights
 
-        if weights_folder(args.model) is None:
-            raise LoraPlannerError("MODEL", f"a local folder with safetensors weights and a tokenizer for --importance {score.name}",
-                                   args.model, "Pass the model's Hugging Face folder (shipped configs carry no weights).")
+        require_weights(args.model)
 
     def run_it(profile):
         return compute_importance(score.name, args.model, profile.module_names, profile.num_layers, task=profile.task,

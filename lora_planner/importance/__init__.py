@@ -16,9 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..errors import LoraPlannerError, nearest
+from .measure import update_norms  # numpy at import time; torch only inside the functions that need it
 from .scores import (combine, depth_prior, from_values, global_update, initial_global, normalise, spearman, to_values,
                      uniform)
 
@@ -43,13 +42,6 @@ def get_score(name: str) -> Score:
     if name not in SCORES:
         raise LoraPlannerError("--importance", f"one of {', '.join(SCORES)}", name, nearest(name, SCORES))
     return SCORES[name]
-
-
-def update_norms(delta, layer_prefix: str, modules: Sequence[str], num_layers: int) -> np.ndarray:
-    """‖ΔW‖_F per (layer, module) of ``aggregation.delta_weights(result)``; see :func:`global_update`."""
-    from .measure import update_norms as _norms
-
-    return _norms(delta, layer_prefix, modules, num_layers)
 
 
 def compute_importance(name: str, model: str, modules: Sequence[str], num_layers: int, task: str = "seq-cls",

@@ -38,6 +38,15 @@ def weights_folder(model: str) -> Path | None:
     return None
 
 
+def require_weights(model: str) -> Path:
+    """weights_folder(model), or the one-line error: scores on real weights need a local folder."""
+    folder = weights_folder(model)
+    if folder is None:
+        raise LoraPlannerError("MODEL", "a local folder with safetensors weights and a tokenizer (this score needs a real "
+                               "forward pass)", model, "Pass the model's Hugging Face folder, e.g. one saved with save_pretrained().")
+    return folder
+
+
 def load_model(model: str, task: str, num_labels: int = 2, seed: int = 0):
     """(model, tokenizer, folder) for a model with real weights, in fp32, from a local folder only.
 
@@ -47,10 +56,7 @@ def load_model(model: str, task: str, num_labels: int = 2, seed: int = 0):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    folder = weights_folder(model)
-    if folder is None:
-        raise LoraPlannerError("MODEL", "a local folder with safetensors weights and a tokenizer (this score needs a real "
-                               "forward pass)", model, "Pass the model's Hugging Face folder, e.g. one saved with save_pretrained().")
+    folder = require_weights(model)
     torch.manual_seed(seed)  # a new classification head is drawn from this seed
     cls = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
     kwargs = {"num_labels": num_labels} if task == "seq-cls" else {}
@@ -72,14 +78,24 @@ def load_model(model: str, task: str, num_labels: int = 2, seed: int = 0):
     return net, tokenizer, folder
 
 
-def _entries(named_params, prefix: str, modules: Sequence[str]) -> dict[tuple[int, int], list]:
+def _entry_parser(prefix: str, modules: Sequence[str], suffix: str = ""):
+    """name -> (layer, module index) for names '<...>.<prefix>.<layer>.<module><suffix>', else None."""
     index = {m: j for j, m in enumerate(modules)}
-    pat = re.compile(rf"(?:^|\.){re.escape(prefix)}\.(\d+)\.(.+)\.lora_[AB]\.[^.]+\.weight$")
+    pat = re.compile(rf"(?:^|\.){re.escape(prefix)}\.(\d+)\.(.+){suffix}$")
+
+    def parse(name: str):
+        m = pat.search(name)
+        return (int(m.group(1)), index[m.group(2)]) if m and m.group(2) in index else None
+    return parse
+
+
+def _entries(named_params, prefix: str, modules: Sequence[str]) -> dict[tuple[int, int], list]:
+    parse = _entry_parser(prefix, modules, r"\.lora_[AB]\.[^.]+\.weight")
     out: dict[tuple[int, int], list] = {}
     for name, p in named_params:
-        m = pat.search(name)
-        if m and m.group(2) in index:
-            out.setdefault((int(m.group(1)), index[m.group(2)]), []).append(p)
+        key = parse(name)
+        if key is not None:
+            out.setdefault(key, []).append(p)
     return out
 
 
@@ -145,11 +161,10 @@ def weight_norm(model, modules: Sequence[str]) -> np.ndarray:
 
 def update_norms(delta: Mapping[str, object], layer_prefix: str, modules: Sequence[str], num_layers: int) -> np.ndarray:
     """‖ΔW‖_F per (layer, module) from ``lora_planner.aggregation.delta_weights(result)`` (0 where absent)."""
-    index = {m: j for j, m in enumerate(modules)}
-    pat = re.compile(rf"(?:^|\.){re.escape(layer_prefix)}\.(\d+)\.(.+)$")
+    parse = _entry_parser(layer_prefix, modules)
     out = np.zeros((num_layers, len(modules)))
     for name, tensor in delta.items():
-        m = pat.search(name)
-        if m and m.group(2) in index and int(m.group(1)) < num_layers:
-            out[int(m.group(1)), index[m.group(2)]] = float(tensor.float().norm())
+        key = parse(name)
+        if key is not None and key[0] < num_layers:
+            out[key] = float(tensor.float().norm())
     return out

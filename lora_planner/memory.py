@@ -91,7 +91,7 @@ def layer_cost(t: ShapeTerms, ranks: Mapping[str, int], profile: ModelProfile, l
     cost += sum(t.module[m] + r * t.rank[m] for m, r in ranks.items())
     if t.pair and len(groups) > 1 and not top:
         ordered = sorted(groups)
-        cost += max(max(t.pair.get(pair_key(g, h), 0.0) for i, g in enumerate(ordered) for h in ordered[i + 1:]), 0.0)
+        cost += max(0.0, *(t.pair.get(pair_key(g, h), 0.0) for i, g in enumerate(ordered) for h in ordered[i + 1:]))
     return cost
 
 

@@ -29,36 +29,25 @@ def truncate(A, B, rank: int):
     return A[:rank], B[:, :rank]
 
 
-def weighted_mean(tensors: Sequence, weights: Sequence[float], scales: Sequence[float] | None = None):
-    """Σ w_k s_k t_k, accumulated in place (one pass over each tensor)."""
-    import torch
-
-    out = torch.zeros_like(tensors[0])
-    for t, w, s in zip(tensors, weights, _scales(scales, len(tensors))):
-        out.add_(t, alpha=w * s)
-    return out
-
-
-def fedavg(As: Sequence, Bs: Sequence, p: Sequence[float], scales: Sequence[float] | None = None):
-    """FedIT: average A and B separately (inexact: Σp·B · Σp·A ≠ Σ p·B·A); scales go into B."""
-    return weighted_mean(As, p), weighted_mean(Bs, p, scales)
-
-
 def zero_pad_mean(As: Sequence, Bs: Sequence, p: Sequence[float], scales: Sequence[float] | None = None, rank: int | None = None):
     """HetLoRA: pad every client to the largest rank (or ``rank``), then average the factors.
 
     Padding is never materialised: client k adds into the leading r_k rows of A and columns of B.
     """
-    import torch
-
     R = rank or max(a.shape[0] for a in As)
-    A = torch.zeros(R, As[0].shape[1], dtype=As[0].dtype)
-    B = torch.zeros(Bs[0].shape[0], R, dtype=Bs[0].dtype)
+    A = As[0].new_zeros(R, As[0].shape[1])
+    B = Bs[0].new_zeros(Bs[0].shape[0], R)
     for a, b, w, s in zip(As, Bs, p, _scales(scales, len(As))):
         r = a.shape[0]
         A[:r].add_(a, alpha=w)
         B[:, :r].add_(b, alpha=w * s)
     return A, B
+
+
+def fedavg(As: Sequence, Bs: Sequence, p: Sequence[float], scales: Sequence[float] | None = None):
+    """FedIT: average A and B separately (inexact: Σp·B · Σp·A ≠ Σ p·B·A); scales go into B.
+    With one rank everywhere this is the zero-padding mean with nothing to pad."""
+    return zero_pad_mean(As, Bs, p, scales)
 
 
 def stack(As: Sequence, Bs: Sequence, p: Sequence[float], scales: Sequence[float] | None = None):

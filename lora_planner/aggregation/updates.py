@@ -54,10 +54,6 @@ class Factors:
     def rank(self) -> int:
         return int(self.A.shape[0])
 
-    def folded(self) -> Factors:
-        """The same ΔW with the scale multiplied into B (scale 1)."""
-        return self if self.scale == 1.0 else Factors(self.A, self.B * self.scale)
-
 
 def finite(t) -> bool:
     """No NaN or Inf in ``t``: one summing pass (NaN/Inf propagate), an exact check only if the sum is not finite."""

@@ -168,13 +168,13 @@ class _TracePool:
         import os
 
         self.workers = workers if workers is not None else min(os.cpu_count() or 1, 2)
-        self.inline = self.workers <= 1 or method == "cuda"
+        self.parallel = self.workers > 1 and method != "cuda"
         modeling = type(config).__module__.replace(".configuration_", ".modeling_") if config is not None else ""
         self.preload = tuple(m for m in ("lora_planner.profiling.trace", "transformers", "peft", modeling) if m)
         self.pool = None
 
     def __enter__(self) -> "_TracePool":
-        if not self.inline:
+        if self.parallel:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
@@ -200,25 +200,15 @@ class _TracePool:
 
     def run(self, jobs: list, tick=None) -> list[dict[str, int]]:
         if self.pool is None or len(jobs) < 4:
-            out = []
-            for job in jobs:
-                out.append(_trace_job(job))
-                if tick:
-                    tick()
-            return out
+            results = map(_trace_job, jobs)
+        else:
+            results = self.pool.map(_trace_job, jobs, chunksize=max(1, len(jobs) // (8 * self.workers)))
         out = []
-        for result in self.pool.map(_trace_job, jobs, chunksize=max(1, len(jobs) // (8 * self.workers))):
+        for result in results:
             out.append(result)
             if tick:
                 tick()
         return out
-
-
-def run_traces(jobs: list, workers: int | None, tick=None) -> list[dict[str, int]]:
-    """Run trace jobs, in a pool of worker processes when workers > 1 (tracing is CPU-bound)."""
-    method = jobs[0][7] if jobs else "traced"
-    with _TracePool(workers, method) as pool:
-        return pool.run(jobs, tick)
 
 
 @contextlib.contextmanager

@@ -52,20 +52,25 @@ def _cpu_attention_on_meta():
     tensors (never written), and call the CPU flash kernel (it has meta and autograd kernels)."""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend
+    from torch.utils._python_dispatch import _disable_current_modes
 
     original = F.scaled_dot_product_attention
-
-    from torch.utils._python_dispatch import _disable_current_modes
+    choices: dict[tuple, int] = {}  # every block asks the same question: answer it once per shape
 
     def on_cpu(t):
         return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype) if isinstance(t, torch.Tensor) and t.is_meta else t
 
+    def signature(t):
+        return (tuple(t.shape), t.stride(), t.dtype) if isinstance(t, torch.Tensor) else t
+
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         if query.is_meta:
-            with _disable_current_modes():  # the tracker must not count these stand-ins
-                choice = torch._fused_sdp_choice(on_cpu(query), on_cpu(key), on_cpu(value), on_cpu(attn_mask), dropout_p,
-                                                 is_causal, scale=scale, enable_gqa=enable_gqa)
-            if choice == int(SDPBackend.FLASH_ATTENTION):
+            sig = (*map(signature, (query, key, value, attn_mask)), dropout_p, is_causal, scale, enable_gqa)
+            if sig not in choices:
+                with _disable_current_modes():  # the tracker must not count these stand-ins
+                    choices[sig] = torch._fused_sdp_choice(on_cpu(query), on_cpu(key), on_cpu(value), on_cpu(attn_mask),
+                                                           dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+            if choices[sig] == int(SDPBackend.FLASH_ATTENTION):
                 return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
                     query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)[0]
         return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,

@@ -15,13 +15,13 @@ from typing import Any, Mapping
 
 from .errors import LoraPlannerError, nearest
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: module terms measured in a middle block, plus per-module top-block terms
 # A term's bytes at (batch B, sequence S) with T = B*S tokens:
 #   c[0] + c[1]*T + c[2]*T*S + c[3]*S*S
 # (constant: weights and LoRA state; T: activations; T*S: attention scores; S^2: a shared mask).
 BASIS = ("1", "T", "T*S", "S^2")
 PHASES = ("fwd", "loss", "bwd", "opt")
-TERM_KINDS = ("fixed", "path", "path_low", "top_low", "group", "module", "rank")
+TERM_KINDS = ("fixed", "path", "path_low", "top_low", "group", "module", "rank", "top", "top_rank")
 
 Coeffs = tuple[float, ...]
 
@@ -59,15 +59,20 @@ class ModuleInfo:
 
 @dataclass(frozen=True)
 class PhaseTerms:
-    """The separable memory model of one phase of a training step (DESIGN §4).
+    """The separable memory model of one phase of a training step (DESIGN §4, docs/memory-model.md).
 
-    peak = fixed + Σ_{l > low} path + path_low[m*] + Σ_{active groups} group[g]
-           + Σ_{(l,m)} (module[m] + r · rank[m])
-    where path_low[S] is the cost of traversing the lowest trained block down to its adapted set S:
-    the largest, over input-sharing groups g, of the terms of the subsets T ⊆ S ∩ g (keys
-    ``subset_key``; within a group the union of what backward must keep is not a max, e.g. adding
-    value next to query keeps the attention probabilities). top_low replaces path_low when the
-    lowest trained block is the top block (the backward peak sits at the top block's transient).
+    peak = fixed + Σ_{l > low} path + path_low[S_low] + Σ_{blocks, active groups} group[g]
+           + Σ_{(l,m)} (module[m] + r · rank[m]) + top_extra(S_top)
+    module and rank are what an adapted module keeps in a block the step passes through (measured
+    in a middle block: there, adapted modules add up exactly). path_low[S] is the cost of
+    traversing the lowest trained block down to its adapted set S: the largest, over input-sharing
+    groups g, of the terms of the subsets T ⊆ S ∩ g (keys ``subset_key``; within a group the union
+    of what backward must keep is not a max, e.g. adding value next to query keeps the attention
+    probabilities). top_low replaces path_low when the lowest trained block is the top block.
+    top[m] + r · top_rank[m] is what module m adds when adapted in the top block above the lowest,
+    beyond its own terms: the step's peak sits in the top block, so its transients count there and
+    only there (``memory.top_extra`` combines them: the peak is at one module's moment). When the
+    top block is the lowest, top_low holds its transients and each module adds r · top_rank[m].
     """
 
     fixed: Coeffs
@@ -77,15 +82,8 @@ class PhaseTerms:
     group: Mapping[str, Coeffs]
     module: Mapping[str, Coeffs]
     rank: Mapping[str, Coeffs]
-    # Input groups adapted together in one block (below the top) keep more than their separate
-    # terms on BERT (0 on the decoders): per such block, the largest pair[pair_key(g, h)] among
-    # its groups. Absent in profiles made before this term (read as none).
-    pair: Mapping[str, Coeffs] = field(default_factory=dict)
-
-
-def pair_key(g: str, h: str) -> str:
-    """The key of the pair term of input groups g and h (order-free)."""
-    return "|".join(sorted((g, h)))
+    top: Mapping[str, Coeffs]
+    top_rank: Mapping[str, Coeffs]
 
 
 @dataclass(frozen=True)
@@ -127,6 +125,11 @@ class ModelProfile:
     def group_of(self) -> dict[str, str]:
         return {m.name: m.group for m in self.modules}
 
+    @cached_property
+    def order_of(self) -> dict[str, int]:
+        """Module name -> its position in the block's forward pass."""
+        return {m.name: m.order for m in self.modules}
+
     def full_name(self, layer: int, module: str) -> str:
         return f"{self.layer_prefix}.{layer}.{module}"
 
@@ -167,8 +170,6 @@ class ModelProfile:
 
 
 def _plain(obj):
-    if isinstance(obj, PhaseTerms) and not obj.pair:  # profiles without pair terms stay byte-identical
-        return {k: v for k, v in asdict(obj).items() if k != "pair"}
     if hasattr(obj, "__dataclass_fields__"):
         return asdict(obj)
     raise TypeError(type(obj).__name__)
@@ -220,8 +221,7 @@ def profile_from_json(body: Mapping[str, Any], source: str = "profile") -> Model
         phases = {
             p: PhaseTerms(
                 fixed=tuple(t["fixed"]), path=tuple(t["path"]),
-                **{k: {n: tuple(c) for n, c in t[k].items()} for k in ("path_low", "top_low", "group", "module", "rank")},
-                pair={n: tuple(c) for n, c in (t.get("pair") or {}).items()},
+                **{k: {n: tuple(c) for n, c in t[k].items()} for k in ("path_low", "top_low", "group", "module", "rank", "top", "top_rank")},
             )
             for p, t in body["phases"].items()
         }

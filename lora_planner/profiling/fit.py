@@ -1,16 +1,19 @@
 """Derive the separable memory terms from designed traces, then validate them on full traces.
 
 Design (on a 3-block slice of the model at full width; blocks are identical, so terms carry over):
-for each module m, with t the top block and t1 the one below, m0 the last module in forward order,
-  A_m {(t,m): r0}     B_m {(t,m): r1}     C_m {(t1,m): r0}     D_m {(t1,m0): r0, (t,m): r0}
-and for each group G of modules sharing an input: E_G {(t1,m0): r0} ∪ {(t,m): r0 for m in G};
-plus {(t2,m0)} and {(t2,m0),(t,m0)} (t2 two below the top), which separate `path` from `fixed`.
-Each phase's peak is linear in: 1, blocks above the lowest, which module is lowest, active
-groups, adapted modules, and the sum of ranks per module; least squares recovers the terms
-exactly. (path_low[m0] is folded into ``fixed``: every step has exactly one lowest module; when the
-lowest block is the top block, top_low[m] replaces path_low[m], identified by the A_m traces.)
-This is repeated at four shapes to fit each term over BASIS; the frozen weights of the blocks
-cut away are added back exactly.
+for each module m, with t the top block, t1 the one below and t2 the bottom one, m0 the last
+module in forward order,
+  A_m {(t,m): r0}   C_m {(t1,m): r0}   D_m {(t1,m0): r0, (t,m): r0}   D'_m the same at r1
+  M_m {(t2,m0): r0, (t1,m): r0}   M'_m the same at r1   (m in a middle block: ``module``, ``rank``)
+and for each group G of modules sharing an input: E_G {(t2,m0): r0} ∪ {(t1,m): r0 for m in G};
+for each subset S of a group, {(t,S)} and {(t1,S)} (the lowest block's set function);
+plus {(t2,m0)} and {(t2,m0),(t,m0)}, which separate ``path`` from ``fixed``.
+Each phase's peak is linear in: 1, blocks above the lowest, which subset is lowest, active groups,
+adapted modules, the sum of ranks per module, which single module is adapted in the top block
+above the lowest (``top``) and the ranks in the top block (``top_rank``); least squares recovers the terms exactly. (path_low[m0] is folded into
+``fixed``: every step has exactly one lowest module; when the lowest block is the top block,
+top_low[S] replaces path_low[S], identified by the A_m traces.) This is repeated at four shapes to
+fit each term over BASIS; the frozen weights of the blocks cut away are added back exactly.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..memory import Assignment, predict_phases
-from ..profile import BASIS, PHASES, ModelProfile, ModuleInfo, PhaseTerms, basis, group_subsets, pair_key, subset_key
+from ..profile import BASIS, PHASES, ModelProfile, ModuleInfo, PhaseTerms, basis, group_subsets, subset_key
 
 R0, R1 = 8, 32
 
@@ -43,13 +46,14 @@ def design(modules: Sequence[ModuleInfo], top: int) -> list[Assignment]:
     m0 = max(modules, key=lambda m: m.order).name
     out: list[Assignment] = []
     for m in modules:
-        out += [{(t, m.name): R0}, {(t, m.name): R1}, {(t1, m.name): R0}, {(t1, m0): R0, (t, m.name): R0}]
+        out += [{(t, m.name): R0}, {(t1, m.name): R0}, {(t1, m0): R0, (t, m.name): R0}, {(t1, m0): R0, (t, m.name): R1},
+                {(t2, m0): R0, (t1, m.name): R0}, {(t2, m0): R0, (t1, m.name): R1}]
     groups: dict[str, list[str]] = {}
     for m in modules:
         groups.setdefault(m.group, []).append(m.name)
     for members in groups.values():
         if len(members) > 1:
-            out.append({(t1, m0): R0, **{(t, n): R0 for n in members}})
+            out.append({(t2, m0): R0, **{(t1, n): R0 for n in members}})
     # Several modules of one group in the lowest block: their traversal is a set function.
     for subsets in group_subsets(modules).values():
         for subset in subsets:
@@ -57,19 +61,7 @@ def design(modules: Sequence[ModuleInfo], top: int) -> list[Assignment]:
                 out += [{(t, n): R0 for n in subset}, {(t1, n): R0 for n in subset}]
     # Two blocks above the lowest: separates the per-block path from the fixed part.
     out += [{(t2, m0): R0}, {(t2, m0): R0, (t, m0): R0}]
-    # Two input groups in one middle block (above the lowest, below the top): their pair term.
-    for g, h in _group_pairs(modules):
-        out.append({(t2, m0): R0, (t1, _first(modules, g)): R0, (t1, _first(modules, h)): R0})
     return out
-
-
-def _group_pairs(modules: Sequence[ModuleInfo]) -> list[tuple[str, str]]:
-    groups = sorted({m.group for m in modules})
-    return [(g, h) for i, g in enumerate(groups) for h in groups[i + 1:]]
-
-
-def _first(modules: Sequence[ModuleInfo], group: str) -> str:
-    return min((m for m in modules if m.group == group), key=lambda m: m.order).name
 
 
 def _columns(modules: Sequence[ModuleInfo]) -> tuple[list[tuple[str, str]], str, set[str]]:
@@ -84,7 +76,7 @@ def _columns(modules: Sequence[ModuleInfo]) -> tuple[list[tuple[str, str]], str,
     cols += [("top_low", k) for k in keys]
     cols += [("group", g) for g in sorted(multi)]
     cols += [("module", m.name) for m in modules] + [("rank", m.name) for m in modules]
-    cols += [("pair", pair_key(g, h)) for g, h in _group_pairs(modules)]
+    cols += [("top", m.name) for m in modules] + [("top_rank", m.name) for m in modules]
     return cols, m0, multi
 
 
@@ -93,31 +85,30 @@ def features(a: Assignment, modules: Sequence[ModuleInfo], num_layers: int) -> n
     index = {c: i for i, c in enumerate(cols)}
     group_of = {m.name: m.group for m in modules}
     x = np.zeros(len(cols))
-    low = min(layer for layer, _ in a)
+    low, top = min(layer for layer, _ in a), num_layers - 1
     x[index[("fixed", "")]] = 1
-    x[index[("path", "")]] = num_layers - 1 - low
+    x[index[("path", "")]] = top - low
     order = {m.name: m.order for m in modules}
     low_mods = sorted((m for (layer, m) in a if layer == low), key=order.get)
     assert len({group_of[m] for m in low_mods}) == 1, "designed configurations adapt one group in the lowest block"
     key = subset_key(low_mods)
-    if low == num_layers - 1:
+    if low == top:
         x[index[("top_low", key)]] = 1
-    elif key != m0:
-        x[index[("path_low", key)]] = 1
-    active = {(layer, group_of[m]) for (layer, m) in a}
-    for _, g in active:
+    else:
+        if key != m0:
+            x[index[("path_low", key)]] = 1
+        top_mods = [m for (layer, m) in a if layer == top]
+        assert len(top_mods) <= 1, "designed configurations adapt at most one module in the top block above the lowest"
+        for m in top_mods:
+            x[index[("top", m)]] = 1
+    for _, g in {(layer, group_of[m]) for (layer, m) in a}:
         if g in multi:
             x[index[("group", g)]] += 1
-    for (_, m), r in a.items():
+    for (layer, m), r in a.items():
         x[index[("module", m)]] += 1
         x[index[("rank", m)]] += r
-    by_block: dict[int, set[str]] = {}
-    for layer, g in active:
-        by_block.setdefault(layer, set()).add(g)
-    for layer, gs in by_block.items():
-        assert len(gs) <= 2 or layer == num_layers - 1, "designed configurations pair at most two groups in a block"
-        if len(gs) == 2 and layer != num_layers - 1:
-            x[index[("pair", pair_key(*gs))]] += 1
+        if layer == top:
+            x[index[("top_rank", m)]] += r
     return x
 
 
@@ -162,7 +153,8 @@ def assemble(per_shape: Mapping[tuple[int, int], Mapping[str, Mapping[tuple[str,
             group={g: coeffs[("group", g)] for g in sorted(multi)},
             module={m.name: coeffs[("module", m.name)] for m in modules},
             rank={m.name: coeffs[("rank", m.name)] for m in modules},
-            pair={k: _or_zero(coeffs[("pair", k)], shapes) for k in (pair_key(g, h) for g, h in _group_pairs(modules))},
+            top={m.name: _or_zero(coeffs[("top", m.name)], shapes) for m in modules},
+            top_rank={m.name: _or_zero(coeffs[("top_rank", m.name)], shapes) for m in modules},
         )
     return phases
 

@@ -38,6 +38,7 @@ class KnapsackTables:
         self.primary = int(np.argmax(problem.fixed + problem.num_layers * problem.path))
         self.opts = problem.options()  # [K, M]
         self.cost_up = problem.option_costs(self.opts, lowest=False)  # [P, K]
+        self.cost_top_up = problem.option_costs(self.opts, lowest=False, top=True)  # the top block, above the lowest
         self.cost_low = problem.option_costs(self.opts, lowest=True)
         self.cost_top = problem.option_costs(self.opts, lowest=True, top=True)
         self.values = problem.option_values(self.opts)  # [L, K]
@@ -47,8 +48,8 @@ class KnapsackTables:
         self.best = [None] * (L + 1)
         self.choice = [None] * L
         self.best[L] = best
-        cost = self.cost_up[self.primary]
         for layer in range(L - 1, 0, -1):  # layer 0 is never "above the lowest"
+            cost = self.up(layer)[self.primary]
             new = best.copy()
             arg = np.full(C + 1, -1, dtype=np.int32)
             for k in range(len(cost)):
@@ -82,6 +83,10 @@ class KnapsackTables:
                 self.top_value = np.where(better, val, self.top_value)
                 self.top_pick[better] = (low, k)
 
+    def up(self, layer: int) -> np.ndarray:
+        """[P, K] option costs of a block above the lowest one."""
+        return self.cost_top_up if layer == self.p.num_layers - 1 else self.cost_up
+
     def solve(self, capacity: int) -> Solution:
         """Exact optimum for one client with ``capacity`` units (primary phase)."""
         p = self.p
@@ -99,8 +104,8 @@ class KnapsackTables:
             kk = int(self.choice[layer][room])
             if kk >= 0:
                 assignment.update(self._entries(layer, kk))
-                room -= int(self.cost_up[self.primary][kk])
-                cost = cost + self.cost_up[:, kk]
+                room -= int(self.up(layer)[self.primary][kk])
+                cost = cost + self.up(layer)[:, kk]
                 value += float(self.values[layer, kk])
         return Solution(assignment, value, "optimal", "knapsack", cost=cost)
 

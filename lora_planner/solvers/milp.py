@@ -56,17 +56,19 @@ def solve_milp_one(problem: Problem, capacity: int, backend: str = "cbc", time_l
                 idx = [m for m in range(M) if members[m]]
                 if low_terms[pi, j] > 0:
                     lp += w[l] >= int(low_terms[pi, j]) * (y[l] + pulp.lpSum(adapted[l, m] for m in idx) - len(idx))
-        # a block adapting two input groups pays the largest of their pair terms
-        ep = [pulp.LpVariable(f"p_{pi}_{l}", lowBound=0) for l in range(L)]
-        for l in range(L):
-            for g in range(G):
-                for h in range(g + 1, G):
-                    if problem.pair[pi, g, h] > 0:
-                        lp += ep[l] >= int(problem.pair[pi, g, h]) * (act[l, g] + act[l, h] - 1)
+        # the top block above the lowest: its extra (Problem.option_costs), clamped at 0
+        e = pulp.LpVariable(f"e_{pi}", lowBound=0)
+        T = L - 1
+        for i in range(M):
+            t = int(problem.top[pi, i])
+            if t > 0:
+                later = pulp.lpSum(int(problem.act[pi, j, r]) * x[T, j, r] for j in range(M) if problem.after[i, j] for r in range(R))
+                lp += e >= t * adapted[T, i] - later - t * y[T]
         lp += (int(problem.fixed[pi]) + int(problem.path[pi]) * pulp.lpSum(z[l] - y[l] for l in range(L)) + pulp.lpSum(w)
-               + pulp.lpSum(ep)
+               + e
                + pulp.lpSum(int(problem.group[pi, g]) * act[l, g] for l in range(L) for g in range(G))
-               + pulp.lpSum((int(problem.module[pi, m]) + int(problem.rank_cost[pi, m, r])) * x[l, m, r] for (l, m, r) in x)
+               + pulp.lpSum((int(problem.module[pi, m]) + int(problem.rank_cost[pi, m, r]) + (int(problem.top_rank_cost[pi, m, r]) if l == L - 1 else 0)) * x[l, m, r]
+                for (l, m, r) in x)
                <= int(capacity))
     lp.solve(_backend(backend, time_limit))
     if pulp.LpStatus[lp.status] != "Optimal":

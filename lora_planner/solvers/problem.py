@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import LoraPlannerError
 from ..memory import evaluate
-from ..profile import ModelProfile, pair_key
+from ..profile import ModelProfile
 from ..value import importance_matrix, rank_utility
 
 MAX_OPTIONS = 5000
@@ -36,9 +36,15 @@ class Problem:
     top_low: np.ndarray  # [P, J] the same when the lowest block is the top block
     group_index: tuple[int, ...]  # [M] -> group number
     group: np.ndarray  # [P, G]
-    pair: np.ndarray  # [P, G, G] (g < h): a block adapting groups g and h pays the largest of its pairs
     module: np.ndarray  # [P, M]
     rank_cost: np.ndarray  # [P, M, R]
+    # The top block above the lowest pays max(0, max over its adapted i of top[i] - Σ act[j, r_j] over its
+    # adapted j with after[i, j]): memory.top_extra, clamped at 0 and with act >= 0, and every module
+    # of the top block pays its top_rank_cost (memory.py: only the one at the peak's moment): a safe bound.
+    top: np.ndarray  # [P, M]
+    top_rank_cost: np.ndarray  # [P, M, R] what a module at rank r adds in the top block beyond rank_cost
+    act: np.ndarray  # [P, M, R] activations of module m at rank r (its terms minus its weights' state)
+    after: np.ndarray  # [M, M] bool: target j runs after target i in the forward pass
     value: np.ndarray  # [L, M, R]
 
     @property
@@ -64,14 +70,17 @@ class Problem:
         on = opts >= 0  # [K, M]
         r = np.where(on, opts, 0)
         m_idx = np.arange(len(self.targets))
-        cost = (self.module[:, None, :] * on[None]).sum(-1) + (self.rank_cost[:, m_idx, r] * on[None]).sum(-1)
+        rank_cost = self.rank_cost + self.top_rank_cost if top else self.rank_cost
+        cost = (self.module[:, None, :] * on[None]).sum(-1) + (rank_cost[:, m_idx, r] * on[None]).sum(-1)
         groups = np.zeros((opts.shape[0], self.group.shape[1]), dtype=bool)
         for m, g in enumerate(self.group_index):
             groups[:, g] |= on[:, m]
         cost = cost + (self.group[:, None, :] * groups[None]).sum(-1)
-        if self.pair.any():  # in every block (the memory model skips the top one: this bound is safe)
-            both = groups[:, :, None] & groups[:, None, :]  # [K, G, G]
-            cost = cost + (self.pair[:, None] * both[None]).max(axis=(-1, -2))
+        if top and not lowest and self.top.max() > 0:
+            act = self.act[:, m_idx, r] * on[None]  # [P, K, M]
+            later = act @ self.after.T.astype(np.int64)  # [P, K, M]: Σ over adapted modules after i
+            moment = np.where(on[None], self.top[:, None, :] - later, 0)
+            cost = cost + np.maximum(moment.max(-1), 0)
         if lowest:
             low_terms = self.top_low if top else self.path_low  # [P, J]
             applies = (on[:, None, :] | ~self.low_sets[None]).all(-1)  # [K, J]: subset j within the option
@@ -139,12 +148,17 @@ def build_problem(profile: ModelProfile, targets: tuple[str, ...], ranks: tuple[
     def vec(t):
         return np.array([t.fixed, t.path] + [t.path_low[k] for k in set_keys] + [t.top_low[k] for k in set_keys] + [t.group.get(g, 0.0) for g in groups]
                         + [t.module[m] for m in targets] + [t.rank[m] for m in targets]
-                        + [t.pair.get(pair_key(g, h), 0.0) for i, g in enumerate(groups) for h in groups[i + 1:]])
+                        + [t.top[m] for m in targets] + [t.top_rank[m] for m in targets] + [t.static[m] for m in targets])
 
     vecs = {p: vec(terms[p]) for p in names}
     keep = [p for p in names if not any(q != p and np.all(vecs[q] >= vecs[p]) and (np.any(vecs[q] > vecs[p]) or names.index(q) < names.index(p)) for q in names)]
     P = len(keep)
     arr = lambda f: np.array([[_units(f(terms[p], x), unit) for x in range(len(targets))] for p in keep], dtype=np.int64)
+    rank_cost = np.array([[[_units(r * terms[p].rank[m], unit) for r in ranks] for m in targets] for p in keep], dtype=np.int64)
+    module = arr(lambda t, i: t.module[targets[i]])
+    static = np.array([[[_units(r * terms[p].static[m], unit) for r in ranks] for m in targets] for p in keep], dtype=np.int64)
+    act = np.maximum(module[:, :, None] + rank_cost - static, 0)
+    order = profile.order_of
     imp = importance_matrix(profile, targets) if values is None else np.asarray(values, dtype=float)
     r_max = max(ranks)
     util = np.array([rank_utility(r, r_max) for r in ranks])
@@ -157,9 +171,11 @@ def build_problem(profile: ModelProfile, targets: tuple[str, ...], ranks: tuple[
         top_low=np.array([[_units(terms[p].top_low[k], unit) for k in set_keys] for p in keep], dtype=np.int64),
         group_index=gidx,
         group=np.array([[_units(terms[p].group.get(g, 0.0), unit) for g in groups] for p in keep], dtype=np.int64).reshape(P, len(groups)),
-        pair=np.array([[[_units(terms[p].pair.get(pair_key(g, h), 0.0), unit) if i < j else 0 for j, h in enumerate(groups)]
-                        for i, g in enumerate(groups)] for p in keep], dtype=np.int64).reshape(P, len(groups), len(groups)),
-        module=arr(lambda t, i: t.module[targets[i]]),
-        rank_cost=np.array([[[_units(r * terms[p].rank[m], unit) for r in ranks] for m in targets] for p in keep], dtype=np.int64),
+        module=module,
+        rank_cost=rank_cost,
+        top=arr(lambda t, i: t.top[targets[i]]),
+        top_rank_cost=np.array([[[_units(r * terms[p].top_rank[m], unit) for r in ranks] for m in targets] for p in keep], dtype=np.int64),
+        act=act,
+        after=np.array([[order[j] > order[i] for j in targets] for i in targets], dtype=bool),
         value=imp[:, :, None] * util[None, None, :],
     )

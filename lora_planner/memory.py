@@ -67,8 +67,12 @@ DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 def static_per_rank(profile: ModelProfile, phase: str) -> dict[str, float]:
     """Bytes per unit of rank that an adapted module holds whatever the step is doing (its A and B
     weights, their AdamW moments and, from the backward on, their gradients)."""
-    nbytes = DTYPE_BYTES[profile.conditions.get("adapter_dtype", "fp32")] * ADAPTER_COPIES[phase]
-    return {m.name: float(nbytes * (m.in_features + m.out_features)) for m in profile.modules}
+    return adapter_state_per_rank(profile.modules, phase, profile.conditions.get("adapter_dtype", "fp32"))
+
+
+def adapter_state_per_rank(modules, phase: str, adapter_dtype: str = "fp32") -> dict[str, float]:
+    nbytes = DTYPE_BYTES[adapter_dtype] * ADAPTER_COPIES[phase]
+    return {m.name: float(nbytes * (m.in_features + m.out_features)) for m in modules}
 
 
 def check_shape(profile: ModelProfile, batch: int, seq: int) -> None:
@@ -106,15 +110,14 @@ def layer_cost(t: ShapeTerms, ranks: Mapping[str, int], profile: ModelProfile, l
     cost = low_block_cost(t.top_low if top else t.path_low, set(ranks), profile) if lowest else t.path
     cost += sum(t.group.get(g, 0.0) for g in groups)
     cost += sum(t.module[m] + r * t.rank[m] for m, r in ranks.items())
-    if top and lowest:
-        cost += sum(r * t.top_rank[m] for m, r in ranks.items())
-    elif top:
-        cost += top_extra(t, ranks, profile)
+    if top:
+        cost += top_extra(t, ranks, profile.order_of)
     return cost
 
 
-def top_extra(t: ShapeTerms, ranks: Mapping[str, int], profile: ModelProfile) -> float:
-    """What the top block adds beyond its modules' own terms, when a lower block is the lowest.
+def top_extra(t: ShapeTerms, ranks: Mapping[str, int], order_of: Mapping[str, int]) -> float:
+    """What the top block adds beyond its modules' own terms (and, when it is the lowest block,
+    beyond its traversal term top_low).
 
     The step's peak sits in the top block (the end of the forward, the start of the backward), at
     one module's moment: that module's transient ``top[m]`` counts, and the modules that run
@@ -126,7 +129,7 @@ def top_extra(t: ShapeTerms, ranks: Mapping[str, int], profile: ModelProfile) ->
     """
     if not t.top:
         return 0.0
-    order = sorted(ranks, key=profile.order_of.__getitem__)
+    order = sorted(ranks, key=order_of.__getitem__)
     best, later = -math.inf, 0.0
     for m in reversed(order):
         r = ranks[m]

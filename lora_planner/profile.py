@@ -69,10 +69,10 @@ class PhaseTerms:
     groups g, of the terms of the subsets T ⊆ S ∩ g (keys ``subset_key``; within a group the union
     of what backward must keep is not a max, e.g. adding value next to query keeps the attention
     probabilities). top_low replaces path_low when the lowest trained block is the top block.
-    top[m] + r · top_rank[m] is what module m adds when adapted in the top block above the lowest,
-    beyond its own terms: the step's peak sits in the top block, so its transients count there and
-    only there (``memory.top_extra`` combines them: the peak is at one module's moment). When the
-    top block is the lowest, top_low holds its transients and each module adds r · top_rank[m].
+    top[m] + r · top_rank[m] is what module m adds when adapted in the top block, beyond its own
+    terms: the step's peak sits in the top block, so its transients count there and only there
+    (``memory.top_extra`` combines them: the peak is at one module's moment). When the top block is
+    the lowest, top_low[S] is its traversal beyond that.
     """
 
     fixed: Coeffs

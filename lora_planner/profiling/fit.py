@@ -41,18 +41,29 @@ def holdout_shape(batch: int, seq: int) -> tuple[int, int]:
     return (batch + 1, max((3 * seq) // 4, 1))
 
 
-def design(modules: Sequence[ModuleInfo], top: int) -> list[Assignment]:
+# Terms that scale with the tokens only (c0 + c1*T): what an adapted module keeps is [tokens,
+# features] or [tokens, rank] shaped, never [tokens, seq]. They are fitted on the first two shapes
+# (same sequence, twice the batch) and predicted at the other two, which then need only the traces
+# of the attention-dependent terms (fixed, path, path_low, top_low, top). ``top`` is not among them:
+# it is measured against the peak without it, which may sit in the attention (all-MiniLM-L6-v2).
+TOKEN_KINDS = ("group", "module", "rank", "top_rank")
+
+
+def design(modules: Sequence[ModuleInfo], top: int, full: bool = True) -> list[Assignment]:
+    """The designed assignments; ``full=False``: only those that identify the attention-dependent
+    terms once the TOKEN_KINDS terms are known."""
     t, t1, t2 = top, top - 1, top - 2
     m0 = max(modules, key=lambda m: m.order).name
     out: list[Assignment] = []
     for m in modules:
-        out += [{(t, m.name): R0}, {(t1, m.name): R0}, {(t1, m0): R0, (t, m.name): R0}, {(t1, m0): R0, (t, m.name): R1},
-                {(t2, m0): R0, (t1, m.name): R0}, {(t2, m0): R0, (t1, m.name): R1}]
+        out += [{(t, m.name): R0}, {(t1, m.name): R0}, {(t1, m0): R0, (t, m.name): R0}]
+        if full:
+            out += [{(t1, m0): R0, (t, m.name): R1}, {(t2, m0): R0, (t1, m.name): R0}, {(t2, m0): R0, (t1, m.name): R1}]
     groups: dict[str, list[str]] = {}
     for m in modules:
         groups.setdefault(m.group, []).append(m.name)
     for members in groups.values():
-        if len(members) > 1:
+        if len(members) > 1 and full:
             out.append({(t2, m0): R0, **{(t1, n): R0 for n in members}})
     # Several modules of one group in the lowest block: their traversal is a set function.
     for subsets in group_subsets(modules).values():
@@ -107,23 +118,56 @@ def features(a: Assignment, modules: Sequence[ModuleInfo], num_layers: int) -> n
     for (layer, m), r in a.items():
         x[index[("module", m)]] += 1
         x[index[("rank", m)]] += r
-        if layer == top:
+        if layer == top and low < top:
             x[index[("top_rank", m)]] += r
     return x
 
 
 def solve_terms(traces: Sequence[tuple[Assignment, Mapping[str, int]]], modules: Sequence[ModuleInfo],
-                num_layers: int) -> tuple[dict[str, dict[tuple[str, str], float]], float]:
-    """Least squares per phase; returns terms per phase and the worst absolute residual (bytes)."""
+                num_layers: int, known: Mapping[str, Mapping[tuple[str, str], float]] | None = None,
+                ) -> tuple[dict[str, dict[tuple[str, str], float]], float]:
+    """Least squares per phase; returns terms per phase and the worst absolute residual (bytes).
+
+    ``known``: per phase, values of some columns (moved to the right-hand side, not fitted)."""
     cols, _, _ = _columns(modules)
     X = np.stack([features(a, modules, num_layers) for a, _ in traces])
     out, worst = {}, 0.0
     for phase in PHASES:
+        fixed = (known or {}).get(phase, {})
+        free = [i for i, c in enumerate(cols) if c not in fixed]
         y = np.array([float(p[phase]) for _, p in traces])
-        coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-        worst = max(worst, float(np.max(np.abs(X @ coef - y))))
-        out[phase] = {c: float(v) for c, v in zip(cols, coef)}
+        y = y - X[:, [i for i, c in enumerate(cols) if c in fixed]] @ np.array([fixed[c] for c in cols if c in fixed])
+        coef, *_ = np.linalg.lstsq(X[:, free], y, rcond=None)
+        worst = max(worst, float(np.max(np.abs(X[:, free] @ coef - y))))
+        out[phase] = {**{c: float(fixed[c]) for c in cols if c in fixed}, **{cols[i]: float(v) for i, v in zip(free, coef)}}
+        _top_low_without_top_extra(out[phase], phase, modules)
     return out, worst
+
+
+def _top_low_without_top_extra(terms: dict[tuple[str, str], float], phase: str, modules: Sequence[ModuleInfo]) -> None:
+    """Each top_low[S] is fitted from one trace of S alone in the top block (at rank R0), where it
+    holds everything beyond the module terms. The model adds the top block's moment term
+    (memory.top_extra) to top_low in that case, so take that term out of top_low here."""
+    from types import SimpleNamespace
+
+    from ..memory import adapter_state_per_rank, top_extra
+
+    kinds = ("module", "rank", "top", "top_rank")
+    t = SimpleNamespace(static=adapter_state_per_rank(modules, phase),
+                        **{k: {n: v for (kind, n), v in terms.items() if kind == k} for k in kinds})
+    order_of = {m.name: m.order for m in modules}
+    for (kind, key), value in list(terms.items()):
+        if kind == "top_low":
+            terms[(kind, key)] = value - top_extra(t, {n: R0 for n in key.split("+")}, order_of)
+
+
+def token_terms_at(per_shape: Mapping[tuple[int, int], Mapping[str, Mapping[tuple[str, str], float]]],
+                   shape: tuple[int, int]) -> dict[str, dict[tuple[str, str], float]]:
+    """TOKEN_KINDS terms at ``shape``, on the line c0 + c1*T through the two shapes fitted in full."""
+    (s0, v0), (s1, v1) = list(per_shape.items())[:2]
+    t0, t1, t = s0[0] * s0[1], s1[0] * s1[1], shape[0] * shape[1]
+    return {phase: {c: v0[phase][c] + (v1[phase][c] - v0[phase][c]) * (t - t0) / (t1 - t0)
+                    for c in v0[phase] if c[0] in TOKEN_KINDS} for phase in PHASES}
 
 
 def fit_basis(values_by_shape: Sequence[tuple[tuple[int, int], float]]) -> tuple[float, ...]:

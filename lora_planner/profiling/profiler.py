@@ -100,11 +100,13 @@ def _profile(config, task, dtype, batch_size, seq_len, target_modules, method, v
         targets = tuple(n for n in draft.module_names if n.split(".")[-1] in peft_wanted) or tuple(draft.module_names[:1])
 
     small = truncated(config, FIT_LAYERS)
-    designs = fit.design(disc.modules, FIT_LAYERS - 1)
     shapes = fit.fit_shapes(batch_size, seq_len)
     if seq_len < 4:
         shapes = [(batch_size, seq_len), (2 * batch_size, seq_len), (3 * batch_size, seq_len), (4 * batch_size, seq_len)]
-    fit_jobs = [(small, task, dtype, disc.prefix, a, b, s, method, seed) for b, s in shapes for a in designs]
+    # The full design at the first two shapes; at the other two only what the attention-dependent
+    # terms need (the token-scaled ones are on a line in T through the first two: fit.TOKEN_KINDS).
+    designs = [fit.design(disc.modules, FIT_LAYERS - 1, full=i < 2) for i in range(len(shapes))]
+    fit_jobs = [(small, task, dtype, disc.prefix, a, b, s, method, seed) for (b, s), d in zip(shapes, designs) for a in d]
     checks = [{(layer, m): 8 for m in targets} for layer in sorted({0, n_layers // 2, n_layers - 1})]
     checks += fit.random_assignments(draft.module_names, n_layers, max(validate - len(checks), 0), seed)
     checks = checks[:max(validate, 0)]
@@ -118,10 +120,12 @@ def _profile(config, task, dtype, batch_size, seq_len, target_modules, method, v
     ticks = _two_bars(progress, ("fit traces", len(fit_jobs)), ("validation traces", len(check_jobs)))
     results = pool.run(fit_jobs + check_jobs, ticks)
     peaks, measured = results[:len(fit_jobs)], results[len(fit_jobs):]
-    per_shape, residual = {}, 0.0
-    for i, (b, s) in enumerate(shapes):
-        traces = list(zip(designs, peaks[i * len(designs):(i + 1) * len(designs)]))
-        per_shape[(b, s)], worst = fit.solve_terms(traces, disc.modules, FIT_LAYERS)
+    per_shape, residual, start = {}, 0.0, 0
+    for i, (shape, d) in enumerate(zip(shapes, designs)):
+        traces = list(zip(d, peaks[start:start + len(d)]))
+        start += len(d)
+        known = fit.token_terms_at(per_shape, shape) if i >= 2 else None
+        per_shape[shape], worst = fit.solve_terms(traces, disc.modules, FIT_LAYERS, known=known)
         residual = max(residual, worst)
     gap = (n_layers - FIT_LAYERS) * block_bytes
     phases = fit.assemble(per_shape, disc.modules, gap)

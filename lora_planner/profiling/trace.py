@@ -18,6 +18,7 @@ import contextlib
 from typing import Mapping
 
 import torch
+from torch.utils._pytree import tree_map_only
 
 from .build import build_base, example_inputs, lora_config_for, materialize_fake
 from .tracker import LiveBytes
@@ -83,18 +84,20 @@ def _cpu_attention_on_meta():
         F.scaled_dot_product_attention = original
 
 
-class _CpuKernelsOnMeta(torch.utils._python_dispatch.TorchDispatchMode):
-    """Where a CPU kernel's outputs differ from the meta kernel's, return what CPU returns.
+class _MetaLiveBytes(LiveBytes):
+    """The live-bytes tracker for meta tensors: where a CPU kernel's outputs differ from the meta
+    kernel's, it returns (and counts) what CPU returns. One dispatch mode, not two stacked: each
+    Python mode layer costs every op a round trip.
 
     Known case: ``native_layer_norm`` on half-precision input keeps its saved mean/rstd in the
-    input dtype on CPU, in float32 on meta. Entered outside the tracker, so the tracker sees
-    only the corrected outputs.
+    input dtype on CPU, in float32 on meta.
     """
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func is torch.ops.aten.native_layer_norm.default and args[0].dtype in (torch.bfloat16, torch.float16):
             out = (out[0], out[1].to(args[0].dtype), out[2].to(args[0].dtype))
+        tree_map_only(torch.Tensor, self.track, out)
         return out
 
 
@@ -175,8 +178,8 @@ def trace_assignment(config, task: str, dtype: str, prefix: str, assignment: Map
         memo: dict[int, torch.Tensor] = {}  # keep aliases aliased (causal LM: labels is input_ids)
         inputs = {k: memo.setdefault(id(v), v.to("meta")) if isinstance(v, torch.Tensor) else v
                   for k, v in example_inputs(config, task, batch, seq).items()}
-        with _unpacked_sequences(), _cpu_attention_on_meta(), _CpuKernelsOnMeta():
-            return step_peaks(model, inputs, LiveBytes(), steps=steps)
+        with _unpacked_sequences(), _cpu_attention_on_meta():
+            return step_peaks(model, inputs, _MetaLiveBytes(), steps=steps)
     fake = method == "fake"
     model = build_base(config, task, dtype, meta=fake, attn_implementation=attn_implementation)
     model = get_peft_model(model, lora_config_for(prefix, assignment, task))

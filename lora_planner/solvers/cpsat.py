@@ -15,16 +15,16 @@ def available() -> bool:
     return True
 
 
-def top_extra_var(model, problem: Problem, pi: int, x, y, adapted):
-    """The top block's extra above the lowest (Problem.option_costs): e >= 0 and, per target i,
-    e >= top[i] * [i adapted] - Σ act[j, r] over adapted j after i - top[i] * [top block is the lowest]."""
+def top_extra_var(model, problem: Problem, pi: int, x, adapted):
+    """The top block's extra (Problem.option_costs): e >= 0 and, per target i,
+    e >= top[i] * [i adapted] - Σ act[j, r] over adapted j after i."""
     T, M, R = problem.num_layers - 1, len(problem.targets), len(problem.ranks)
     e = model.new_int_var(0, int(max(problem.top[pi].max(), 0)), f"e{pi}")
     for i in range(M):
         t = int(problem.top[pi, i])
         if t > 0:
             later = sum(int(problem.act[pi, j, r]) * x[T, j, r] for j in range(M) if problem.after[i, j] for r in range(R))
-            model.add(e >= t * adapted[T, i] - later - t * y[T])
+            model.add(e >= t * adapted[T, i] - later)
     return e
 
 
@@ -60,7 +60,7 @@ def solve_cpsat_one(problem: Problem, capacity: int, time_limit: float = 60.0) -
                 idx = [m for m in range(M) if members[m]]
                 if low_terms[pi, j] > 0:
                     model.add(w[l] >= int(low_terms[pi, j]) * (y[l] + sum(adapted[l, m] for m in idx) - len(idx)))
-        e = top_extra_var(model, problem, pi, x, y, adapted)
+        e = top_extra_var(model, problem, pi, x, adapted)
         cost = int(problem.fixed[pi]) + int(problem.path[pi]) * sum(z[l] - y[l] for l in range(L)) + sum(w) + e
         cost += sum(int(problem.group[pi, g]) * act[l, g] for l in range(L) for g in range(G))
         cost += sum((int(problem.module[pi, m]) + int(problem.rank_cost[pi, m, r]) + (int(problem.top_rank_cost[pi, m, r]) if l == L - 1 else 0)) * x[l, m, r]

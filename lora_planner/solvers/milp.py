@@ -56,14 +56,14 @@ def solve_milp_one(problem: Problem, capacity: int, backend: str = "cbc", time_l
                 idx = [m for m in range(M) if members[m]]
                 if low_terms[pi, j] > 0:
                     lp += w[l] >= int(low_terms[pi, j]) * (y[l] + pulp.lpSum(adapted[l, m] for m in idx) - len(idx))
-        # the top block above the lowest: its extra (Problem.option_costs), clamped at 0
+        # the top block's extra (Problem.option_costs), clamped at 0
         e = pulp.LpVariable(f"e_{pi}", lowBound=0)
         T = L - 1
         for i in range(M):
             t = int(problem.top[pi, i])
             if t > 0:
                 later = pulp.lpSum(int(problem.act[pi, j, r]) * x[T, j, r] for j in range(M) if problem.after[i, j] for r in range(R))
-                lp += e >= t * adapted[T, i] - later - t * y[T]
+                lp += e >= t * adapted[T, i] - later
         lp += (int(problem.fixed[pi]) + int(problem.path[pi]) * pulp.lpSum(z[l] - y[l] for l in range(L)) + pulp.lpSum(w)
                + e
                + pulp.lpSum(int(problem.group[pi, g]) * act[l, g] for l in range(L) for g in range(G))

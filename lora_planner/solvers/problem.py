@@ -38,7 +38,7 @@ class Problem:
     group: np.ndarray  # [P, G]
     module: np.ndarray  # [P, M]
     rank_cost: np.ndarray  # [P, M, R]
-    # The top block above the lowest pays max(0, max over its adapted i of top[i] - Σ act[j, r_j] over its
+    # The top block pays max(0, max over its adapted i of top[i] - Σ act[j, r_j] over its
     # adapted j with after[i, j]): memory.top_extra, clamped at 0 and with act >= 0, and every module
     # of the top block pays its top_rank_cost (memory.py: only the one at the peak's moment): a safe bound.
     top: np.ndarray  # [P, M]
@@ -76,7 +76,7 @@ class Problem:
         for m, g in enumerate(self.group_index):
             groups[:, g] |= on[:, m]
         cost = cost + (self.group[:, None, :] * groups[None]).sum(-1)
-        if top and not lowest and self.top.max() > 0:
+        if top and self.top.max() > 0:
             act = self.act[:, m_idx, r] * on[None]  # [P, K, M]
             later = act @ self.after.T.astype(np.int64)  # [P, K, M]: Σ over adapted modules after i
             moment = np.where(on[None], self.top[:, None, :] - later, 0)

@@ -8,70 +8,16 @@ stay tied). No weights, no memory, no GPU. (Building under FakeTensorMode and th
 from __future__ import annotations
 
 import contextlib
-import json
 import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping
 
 import torch
 
-from ..errors import LoraPlannerError, nearest
-from ..profile import ModuleInfo, profiles_dir
+from ..errors import LoraPlannerError
+from ..profile import ModuleInfo
+from .config import TASKS, Discovery, default_task, load_config, num_layers, shipped_configs, truncated  # noqa: F401 - re-exported
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-TASKS = ("causal-lm", "seq-cls")
-
-
-def shipped_configs() -> dict[str, Path]:
-    d = profiles_dir() / "configs"
-    return {p.stem: p for p in sorted(d.glob("*.json"))} if d.is_dir() else {}
-
-
-def load_config(model: str):
-    """A transformers config from a shipped model name, a local HF folder or a config.json path."""
-    from transformers import AutoConfig
-
-    path = Path(model)
-    known = shipped_configs()
-    if model in known:
-        path = known[model]
-    elif path.is_dir():
-        path = path / "config.json"
-    elif not path.is_file():
-        raise LoraPlannerError("MODEL", "a shipped model name, a local Hugging Face folder or a config.json path", model,
-                               nearest(model, known))
-    try:
-        body = json.loads(path.read_text())
-        body = {k: v for k, v in body.items() if not k.startswith("_lp_")}
-        model_type = body.pop("model_type")
-        return AutoConfig.for_model(model_type, **body)
-    except OSError as exc:
-        raise LoraPlannerError("MODEL", "a readable config.json", str(path), f"({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise LoraPlannerError("MODEL", "a valid config.json", f"{path} (JSON broken at line {exc.lineno})", "Fix the file.") from None
-    except (KeyError, ValueError, TypeError) as exc:
-        raise LoraPlannerError("MODEL", "a transformers config with a known model_type", str(path), f"({exc})") from None
-
-
-def default_task(config) -> str:
-    arch = (getattr(config, "architectures", None) or [""])[0]
-    return "causal-lm" if ("CausalLM" in arch or "LMHead" in arch) else "seq-cls"
-
-
-def num_layers(config) -> int:
-    return int(config.num_hidden_layers)
-
-
-def truncated(config, layers: int):
-    """A copy of the config with only the first ``layers`` blocks (per-layer lists sliced too)."""
-    cfg = config.__class__.from_dict(config.to_dict())
-    n = num_layers(config)
-    for key, value in cfg.to_dict().items():
-        if isinstance(value, list) and len(value) == n and key != "architectures":
-            setattr(cfg, key, value[:layers])
-    cfg.num_hidden_layers = layers
-    return cfg
 
 
 def _model_class(task: str):
@@ -154,15 +100,6 @@ def lora_config_for(prefix: str, assignment: Mapping[tuple[int, str], int], task
         lora_dropout=0.0,
         task_type="CAUSAL_LM" if task == "causal-lm" else "SEQ_CLS",
     )
-
-
-@dataclass
-class Discovery:
-    prefix: str
-    modules: tuple[ModuleInfo, ...]
-    param_count: int
-    max_positions: int | None
-    attn_implementation: str
 
 
 def discover(config, task: str, dtype: str) -> Discovery:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import functools
 import sys
 import time
 from typing import Callable, Sequence
@@ -12,18 +14,37 @@ from ..errors import LoraPlannerError
 from ..memory import check_shape
 from ..profile import ModelProfile
 from . import fit
-from .build import DTYPES, TASKS, default_task, discover, load_config, num_layers, truncated
-from .trace import trace_assignment
+from .config import DTYPE_NAMES, TASKS, config_path, default_task, load_config, modeling_module, num_layers, truncated
 
 METHODS = ("traced", "measured", "cuda")
 FIT_LAYERS = 3
 
 
-def _structure(config, task: str, dtype: str):
-    """Discovery, one block's frozen bytes and PEFT's default target names for this architecture:
-    run in a trace worker, so the calling process need not import peft or the modeling code."""
+@functools.lru_cache(maxsize=8)
+def _config(model: str, task: str | None, num_labels: int, layers: int | None = None):
+    """The model's config as a trace job needs it (read once per worker): the task's labels set,
+    cut to ``layers`` blocks."""
+    config = load_config(model)
+    if (task or default_task(config)) == "seq-cls":
+        config.num_labels = num_labels
+    return truncated(config, layers) if layers else config
+
+
+def _structure(model: str, task: str | None, num_labels: int, dtype: str):
+    """The config's facts, discovery, one block's frozen bytes and PEFT's default target names:
+    run in a trace worker, so the calling process imports none of transformers, peft or torch."""
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as MAP
 
+    from .build import discover
+
+    config = copy.deepcopy(_config(model, task, num_labels))
+    task = task or default_task(config)
+    if task == "seq-cls" and num_labels < 1:
+        raise LoraPlannerError("--num-labels", "a positive whole number", num_labels, "E.g. --num-labels 77.")
+    n_layers = num_layers(config)
+    if n_layers < FIT_LAYERS:
+        raise LoraPlannerError("MODEL", f"a model with at least {FIT_LAYERS} blocks", n_layers, "")
+    facts = {"task": task, "num_layers": n_layers, "architecture": (config.architectures or [type(config).__name__])[0]}
     try:
         disc = discover(config, task, dtype)
         frozen = _block_frozen_bytes(config, task, dtype, disc.prefix)
@@ -34,7 +55,7 @@ def _structure(config, task: str, dtype: str):
         raise LoraPlannerError("MODEL", "an architecture lora-planner can trace (decoder-only causal LMs, encoder "
                                "classifiers)", f"model_type '{config.model_type}' ({detail})",
                                "See `lora-planner profile --list` for tested ones.") from None
-    return disc, frozen, list(MAP.get(config.model_type) or [])
+    return facts, disc, frozen, list(MAP.get(config.model_type) or [])
 
 
 def _block_frozen_bytes(config, task: str, dtype: str, prefix: str) -> int:
@@ -65,32 +86,29 @@ def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: st
     Raises:
         LoraPlannerError: on any bad argument (one line each).
     """
-    if dtype not in DTYPES:
-        raise LoraPlannerError("--dtype", f"one of {', '.join(DTYPES)}", dtype, "E.g. --dtype bf16.")
+    if dtype not in DTYPE_NAMES:
+        raise LoraPlannerError("--dtype", f"one of {', '.join(DTYPE_NAMES)}", dtype, "E.g. --dtype bf16.")
     if method not in METHODS:
         raise LoraPlannerError("--method", f"one of {', '.join(METHODS)}", method, "E.g. --method traced.")
-    config = load_config(model)
-    task = task or default_task(config)
-    if task not in TASKS:
+    if task is not None and task not in TASKS:
         raise LoraPlannerError("--task", f"one of {', '.join(TASKS)}", task, "E.g. --task causal-lm.")
-    if task == "seq-cls":
-        if num_labels < 1:
-            raise LoraPlannerError("--num-labels", "a positive whole number", num_labels, "E.g. --num-labels 77.")
-        config.num_labels = num_labels
-    n_layers = num_layers(config)
-    if n_layers < FIT_LAYERS:
-        raise LoraPlannerError("MODEL", f"a model with at least {FIT_LAYERS} blocks", n_layers, "")
+    if task == "seq-cls" and num_labels < 1:
+        raise LoraPlannerError("--num-labels", "a positive whole number", num_labels, "E.g. --num-labels 77.")
+    if config_path(model) is None:
+        load_config(model)  # not a model we can read: its one-line error, before any worker starts
     t_start = time.perf_counter()
-    with _TracePool(workers, method, config) as pool:  # workers start (and import) while we discover
-        return _profile(config, task, dtype, batch_size, seq_len, target_modules, method, validate, seed, name, model,
+    # Workers start importing torch, transformers, peft and the modeling code at once, and read the
+    # config themselves: this process imports none of them.
+    with _TracePool(workers, method, modeling_module(model)) as pool:
+        return _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, method, validate, seed, name, model,
                         progress, pool, t_start)
 
 
-def _profile(config, task, dtype, batch_size, seq_len, target_modules, method, validate, seed, name, model, progress, pool,
-             t_start) -> ModelProfile:
-    n_layers = num_layers(config)
-    disc, block_bytes, peft_wanted = pool.call(_structure, config, task, dtype)
-    draft = ModelProfile(name=name or model, architecture=(config.architectures or [type(config).__name__])[0], task=task,
+def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, method, validate, seed, name, model, progress,
+             pool, t_start) -> ModelProfile:
+    facts, disc, block_bytes, peft_wanted = pool.call(_structure, model, task, num_labels, dtype)
+    task, n_layers = facts["task"], facts["num_layers"]
+    draft = ModelProfile(name=name or model, architecture=facts["architecture"], task=task,
                          num_layers=n_layers, layer_prefix=disc.prefix, modules=disc.modules, default_targets=(),
                          max_positions=disc.max_positions, param_count=disc.param_count, conditions={}, phases={})
     check_shape(draft, batch_size, seq_len)
@@ -99,13 +117,13 @@ def _profile(config, task, dtype, batch_size, seq_len, target_modules, method, v
     else:  # PEFT's defaults for the architecture
         targets = tuple(n for n in draft.module_names if n.split(".")[-1] in peft_wanted) or tuple(draft.module_names[:1])
 
-    small = truncated(config, FIT_LAYERS)
     shapes = fit.fit_shapes(batch_size, seq_len)
     if seq_len < 4:
         shapes = [(batch_size, seq_len), (2 * batch_size, seq_len), (3 * batch_size, seq_len), (4 * batch_size, seq_len)]
     # The full design at the first two shapes; at the other two only what the attention-dependent
     # terms need (the token-scaled ones are on a line in T through the first two: fit.TOKEN_KINDS).
     designs = [fit.design(disc.modules, FIT_LAYERS - 1, full=i < 2) for i in range(len(shapes))]
+    small, full = (model, task, num_labels, FIT_LAYERS), (model, task, num_labels, None)  # configs, read by workers
     fit_jobs = [(small, task, dtype, disc.prefix, a, b, s, method, seed) for (b, s), d in zip(shapes, designs) for a in d]
     checks = [{(layer, m): 8 for m in targets} for layer in sorted({0, n_layers // 2, n_layers - 1})]
     checks += fit.random_assignments(draft.module_names, n_layers, max(validate - len(checks), 0), seed)
@@ -114,8 +132,8 @@ def _profile(config, task, dtype, batch_size, seq_len, target_modules, method, v
     hb, hs = fit.holdout_shape(batch_size, seq_len)
     if draft.max_positions and hs > draft.max_positions:
         hs = draft.max_positions
-    check_jobs = [(config, task, dtype, disc.prefix, a, batch_size, seq_len, method, seed) for a in checks]
-    check_jobs += [(config, task, dtype, disc.prefix, a, hb, hs, method, seed) for a in holdout]
+    check_jobs = [(full, task, dtype, disc.prefix, a, batch_size, seq_len, method, seed) for a in checks]
+    check_jobs += [(full, task, dtype, disc.prefix, a, hb, hs, method, seed) for a in holdout]
     # One submission: the full-depth validation traces start as soon as a worker is free.
     ticks = _two_bars(progress, ("fit traces", len(fit_jobs)), ("validation traces", len(check_jobs)))
     results = pool.run(fit_jobs + check_jobs, ticks)
@@ -151,7 +169,9 @@ def _profile(config, task, dtype, batch_size, seq_len, target_modules, method, v
 
 
 def _trace_job(job):
-    return trace_assignment(*job[:7], method=job[7], seed=job[8])
+    from .trace import trace_assignment
+
+    return trace_assignment(copy.deepcopy(_config(*job[0])), *job[1:7], method=job[7], seed=job[8])
 
 
 def _warm(modules: tuple[str, ...]) -> None:
@@ -168,12 +188,11 @@ class _TracePool:
     the model's modeling module imported) while the caller works, reused for the fit and the
     validation traces. In-process when workers <= 1 or for CUDA."""
 
-    def __init__(self, workers: int | None, method: str, config=None) -> None:
+    def __init__(self, workers: int | None, method: str, modeling: str | None = None) -> None:
         import os
 
         self.workers = workers if workers is not None else min(os.cpu_count() or 1, 2)
         self.parallel = self.workers > 1 and method != "cuda"
-        modeling = type(config).__module__.replace(".configuration_", ".modeling_") if config is not None else ""
         self.preload = tuple(m for m in ("lora_planner.profiling.trace", "transformers", "peft", modeling) if m)
         self.pool = None
 

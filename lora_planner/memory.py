@@ -124,8 +124,8 @@ def top_extra(t: ShapeTerms, ranks: Mapping[str, int], order_of: Mapping[str, in
     after it in the forward (before it in the backward) hold only their weights, optimizer state
     and gradients then, not their activations. So: max over adapted m of
     top[m] + r_m·top_rank[m] − Σ_{adapted j after m} (module[j] + r_j·rank[j] − r_j·static[j]).
-    Traced on all ten shipped architectures over every subset of the top block's modules: never
-    under, exact on most (docs/memory-model.md).
+    Traced over every subset of the top block's modules on seven architectures (bench/block_census.py):
+    never under, exact on six (docs/memory-model.md).
     """
     if not t.top:
         return 0.0
@@ -166,6 +166,18 @@ def predict_phases(profile: ModelProfile, assignment: Assignment, batch: int | N
 def predict_tensor_bytes(profile: ModelProfile, assignment: Assignment, batch: int | None = None, seq: int | None = None) -> int:
     """Predicted peak live tensor bytes (weights, activations, grads, optimizer state, temporaries)."""
     return max(predict_phases(profile, assignment, batch, seq).values())
+
+
+def shape_note(profile: ModelProfile, batch: int, seq: int) -> str | None:
+    """A warning when the asked shape is far below the token counts the profile was fitted on
+    (its own batch x seq down to half of it): there the peak can move to another moment of the
+    step and the separable terms stop holding (docs/memory-model.md, "What is left")."""
+    fitted_min = profile.batch_size * profile.seq_len // 2
+    if batch * seq * 4 > fitted_min:
+        return None
+    return (f"{batch} x {seq} = {batch * seq} tokens is far below the {fitted_min}+ tokens this profile was fitted on: "
+            f"estimates can be off by more than 5 % here; for exact numbers re-profile with "
+            f"`lora-planner profile --batch-size {batch} --seq-len {seq}`.")
 
 
 def fixed_bytes(profile: ModelProfile, batch: int | None = None, seq: int | None = None) -> int:

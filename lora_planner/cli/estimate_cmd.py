@@ -5,7 +5,7 @@ import argparse
 import json
 
 from ..adapter_config import assignment_from_adapter_config, read_adapter_config
-from ..memory import predict_phases, rule_of_thumb_bytes
+from ..memory import predict_phases, rule_of_thumb_bytes, shape_note
 from ..units import format_size, parse_size
 from .common import add_profile_args, get_profile, positive_int
 
@@ -40,6 +40,7 @@ def estimate(profile, cfg: dict, batch: int | None, seq: int | None, reserve_byt
         "predicted_tensor_bytes": tensor, "reserve_bytes": reserve_bytes, "predicted_bytes": tensor + reserve_bytes,
         "phase_bytes": phases, "binding_phase": max(phases, key=phases.get),
         "rule_of_thumb_bytes": rule_of_thumb_bytes(profile, a),
+        "note": shape_note(profile, batch, seq),
     }
 
 
@@ -56,4 +57,6 @@ def run(args) -> int:
     print(f"  reserve                 {format_size(result['reserve_bytes'])}")
     print(f"  predicted total         {format_size(result['predicted_bytes'])}")
     print(f"  params-only estimate    {format_size(result['rule_of_thumb_bytes'])}  (what parameter calculators say; no activations)")
+    if result["note"]:
+        print(f"  note: {result['note']}")
     return 0

@@ -5,6 +5,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import itertools
 import sys
 import time
 from typing import Callable, Sequence
@@ -134,10 +135,11 @@ def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, metho
         hs = draft.max_positions
     check_jobs = [(full, task, dtype, disc.prefix, a, batch_size, seq_len, method, seed) for a in checks]
     check_jobs += [(full, task, dtype, disc.prefix, a, hb, hs, method, seed) for a in holdout]
-    # One submission: the full-depth validation traces start as soon as a worker is free.
-    ticks = _two_bars(progress, ("fit traces", len(fit_jobs)), ("validation traces", len(check_jobs)))
-    results = pool.run(fit_jobs + check_jobs, ticks)
-    peaks, measured = results[:len(fit_jobs)], results[len(fit_jobs):]
+    # The long full-depth traces go first, one job at a time, so that the short fit traces fill the
+    # gaps and no worker is left with a run of long ones at the end.
+    ticks = _two_bars(progress, ("validation traces", len(check_jobs)), ("fit traces", len(fit_jobs)))
+    results = pool.run(check_jobs + fit_jobs, ticks, long=len(check_jobs))
+    measured, peaks = results[:len(check_jobs)], results[len(check_jobs):]
     per_shape, residual, start = {}, 0.0, 0
     for i, (shape, d) in enumerate(zip(shapes, designs)):
         traces = list(zip(d, peaks[start:start + len(d)]))
@@ -221,11 +223,15 @@ class _TracePool:
         """fn(*args) in a worker (whose imports are warm), or here when in-process."""
         return fn(*args) if self.pool is None else self.pool.submit(fn, *args).result()
 
-    def run(self, jobs: list, tick=None) -> list[dict[str, int]]:
+    def run(self, jobs: list, tick=None, long: int = 0) -> list[dict[str, int]]:
+        """Trace results in job order. The first ``long`` jobs are sent one at a time (they go
+        first, so short jobs fill the gaps), the rest in small chunks."""
         if self.pool is None or len(jobs) < 4:
             results = map(_trace_job, jobs)
         else:
-            results = self.pool.map(_trace_job, jobs, chunksize=max(1, len(jobs) // (8 * self.workers)))
+            first = self.pool.map(_trace_job, jobs[:long])  # submits at once, like the map below
+            rest = self.pool.map(_trace_job, jobs[long:], chunksize=4)
+            results = itertools.chain(first, rest)
         out = []
         for result in results:
             out.append(result)

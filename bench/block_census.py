@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table, write  # noqa: E402
 
-from lora_planner.memory import ADAPTER_COPIES, DTYPE_BYTES
+from lora_planner.memory import DTYPE_BYTES, adapter_state_per_rank
 from lora_planner.profile import PHASES, shipped_models
 from lora_planner.profiling.build import default_task, discover, load_config, truncated
 from lora_planner.profiling.trace import trace_assignment
@@ -51,8 +51,8 @@ def census(name: str, batch: int, seq: int, dtype: str) -> dict:
     top = {s: inc(trace(TOP, s)) for s in subsets}
     single = {m: mid[(m,)] for m in names}
     extra1 = {m: {p: top[(m,)][p] - single[m][p] for p in PHASES} for m in names}
-    static = {m.name: {p: RANK * (m.in_features + m.out_features) * DTYPE_BYTES["fp32"] * ADAPTER_COPIES[p] for p in PHASES}
-              for m in modules}
+    state = {p: adapter_state_per_rank(modules, p) for p in PHASES}  # what the memory model subtracts
+    static = {m: {p: RANK * state[p][m] for p in PHASES} for m in names}
     out = {"modules": names, "subsets": len(subsets), "middle_residual": {}, "rules": {}}
     for p in PHASES:
         out["middle_residual"][p] = max((mid[s][p] - sum(single[m][p] for m in s) for s in subsets), key=abs)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from .errors import LoraPlannerError
-from .profile import ModelProfile, basis
+from .profile import TERM_KINDS, ModelProfile, basis
 
 Assignment = Mapping[tuple[int, str], int]
 
@@ -46,13 +46,7 @@ def evaluate(profile: ModelProfile, batch: int | None = None, seq: int | None = 
     for phase, t in profile.phases.items():
         out[phase] = ShapeTerms(
             fixed=_dot(t.fixed, b), path=_dot(t.path, b),
-            path_low={k: _dot(v, b) for k, v in t.path_low.items()},
-            top_low={k: _dot(v, b) for k, v in t.top_low.items()},
-            group={k: _dot(v, b) for k, v in t.group.items()},
-            module={k: _dot(v, b) for k, v in t.module.items()},
-            rank={k: _dot(v, b) for k, v in t.rank.items()},
-            top={k: _dot(v, b) for k, v in t.top.items()},
-            top_rank={k: _dot(v, b) for k, v in t.top_rank.items()},
+            **{k: {n: _dot(v, b) for n, v in getattr(t, k).items()} for k in TERM_KINDS if k not in ("fixed", "path")},
             static=static_per_rank(profile, phase),
         )
     return out
@@ -127,8 +121,6 @@ def top_extra(t: ShapeTerms, ranks: Mapping[str, int], order_of: Mapping[str, in
     Traced over every subset of the top block's modules on seven architectures (bench/block_census.py):
     never under, exact on six (docs/memory-model.md).
     """
-    if not t.top:
-        return 0.0
     order = sorted(ranks, key=order_of.__getitem__)
     best, later = -math.inf, 0.0
     for m in reversed(order):
@@ -169,10 +161,12 @@ def predict_tensor_bytes(profile: ModelProfile, assignment: Assignment, batch: i
 
 
 def shape_note(profile: ModelProfile, batch: int, seq: int) -> str | None:
-    """A warning when the asked shape is far below the token counts the profile was fitted on
-    (its own batch x seq down to half of it): there the peak can move to another moment of the
-    step and the separable terms stop holding (docs/memory-model.md, "What is left")."""
-    fitted_min = profile.batch_size * profile.seq_len // 2
+    """A warning when the asked shape is far below the token counts the profile was fitted on:
+    there the peak can move to another moment of the step and the separable terms stop holding
+    (docs/memory-model.md, "What is left")."""
+    from .profiling.fit import fit_shapes  # numpy only
+
+    fitted_min = min(b * s for b, s in fit_shapes(profile.batch_size, profile.seq_len))
     if batch * seq * 4 > fitted_min:
         return None
     return (f"{batch} x {seq} = {batch * seq} tokens is far below the {fitted_min}+ tokens this profile was fitted on: "
@@ -191,8 +185,5 @@ def rule_of_thumb_bytes(profile: ModelProfile, assignment: Assignment) -> int:
 
     Ignores activations entirely; shown beside our prediction to make the gap visible.
     """
-    dtype_bytes = {"bf16": 2, "fp16": 2, "fp32": 4}[profile.conditions["dtype"]]
-    adapter_bytes = {"bf16": 2, "fp16": 2, "fp32": 4}[profile.conditions.get("adapter_dtype", "fp32")]
-    lora_params = sum(r * (profile.module(m).in_features + profile.module(m).out_features) for (_, m), r in assignment.items())
-    # param + grad + AdamW exp_avg + exp_avg_sq
-    return profile.param_count * dtype_bytes + 4 * lora_params * adapter_bytes
+    state = static_per_rank(profile, "opt")  # LoRA param + grad + AdamW exp_avg + exp_avg_sq, per unit of rank
+    return profile.param_count * DTYPE_BYTES[profile.conditions["dtype"]] + int(sum(r * state[m] for (_, m), r in assignment.items()))

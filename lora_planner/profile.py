@@ -221,7 +221,7 @@ def profile_from_json(body: Mapping[str, Any], source: str = "profile") -> Model
         phases = {
             p: PhaseTerms(
                 fixed=tuple(t["fixed"]), path=tuple(t["path"]),
-                **{k: {n: tuple(c) for n, c in t[k].items()} for k in ("path_low", "top_low", "group", "module", "rank", "top", "top_rank")},
+                **{k: {n: tuple(c) for n, c in t[k].items()} for k in TERM_KINDS if k not in ("fixed", "path")},
             )
             for p, t in body["phases"].items()
         }

@@ -31,10 +31,11 @@ R0, R1 = 8, 32
 
 
 def fit_shapes(batch: int, seq: int) -> list[tuple[int, int]]:
-    """Four shapes whose basis rows are independent; the first is the asked one."""
-    half = max(seq // 2, 1)
-    quarter = max(seq // 4, 1)
-    return [(batch, seq), (2 * batch, seq), (batch, half), (2 * batch, quarter)]
+    """Four shapes whose basis rows are independent; the first is the asked one, the second twice its
+    batch (the two the token-scaled terms are fitted on). Sequences under 4 tokens vary the batch only."""
+    if seq < 4:
+        return [(batch, seq), (2 * batch, seq), (3 * batch, seq), (4 * batch, seq)]
+    return [(batch, seq), (2 * batch, seq), (batch, seq // 2), (2 * batch, seq // 4)]
 
 
 def holdout_shape(batch: int, seq: int) -> tuple[int, int]:
@@ -156,9 +157,8 @@ def _top_low_without_top_extra(terms: dict[tuple[str, str], float], phase: str, 
     t = SimpleNamespace(static=adapter_state_per_rank(modules, phase),
                         **{k: {n: v for (kind, n), v in terms.items() if kind == k} for k in kinds})
     order_of = {m.name: m.order for m in modules}
-    for (kind, key), value in list(terms.items()):
-        if kind == "top_low":
-            terms[(kind, key)] = value - top_extra(t, {n: R0 for n in key.split("+")}, order_of)
+    for subset in (s for subs in group_subsets(modules).values() for s in subs):
+        terms[("top_low", subset_key(subset))] -= top_extra(t, {n: R0 for n in subset}, order_of)
 
 
 def token_terms_at(per_shape: Mapping[tuple[int, int], Mapping[str, Mapping[tuple[str, str], float]]],

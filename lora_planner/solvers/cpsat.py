@@ -15,19 +15,6 @@ def available() -> bool:
     return True
 
 
-def top_extra_var(model, problem: Problem, pi: int, x, adapted):
-    """The top block's extra (Problem.option_costs): e >= 0 and, per target i,
-    e >= top[i] * [i adapted] - Σ act[j, r] over adapted j after i."""
-    T, M, R = problem.num_layers - 1, len(problem.targets), len(problem.ranks)
-    e = model.new_int_var(0, int(max(problem.top[pi].max(), 0)), f"e{pi}")
-    for i in range(M):
-        t = int(problem.top[pi, i])
-        if t > 0:
-            later = sum(int(problem.act[pi, j, r]) * x[T, j, r] for j in range(M) if problem.after[i, j] for r in range(R))
-            model.add(e >= t * adapted[T, i] - later)
-    return e
-
-
 def solve_cpsat_one(problem: Problem, capacity: int, time_limit: float = 60.0) -> Solution:
     from ortools.sat.python import cp_model
 
@@ -60,11 +47,13 @@ def solve_cpsat_one(problem: Problem, capacity: int, time_limit: float = 60.0) -
                 idx = [m for m in range(M) if members[m]]
                 if low_terms[pi, j] > 0:
                     model.add(w[l] >= int(low_terms[pi, j]) * (y[l] + sum(adapted[l, m] for m in idx) - len(idx)))
-        e = top_extra_var(model, problem, pi, x, adapted)
+        # the top block's extra (Problem.option_costs), clamped at 0
+        e = model.new_int_var(0, int(max(problem.top[pi].max(), 0)), f"e{pi}")
+        for i, t, later in problem.top_moments(pi):
+            model.add(e >= t * adapted[L - 1, i] - sum(c * x[L - 1, j, r] for j, r, c in later))
         cost = int(problem.fixed[pi]) + int(problem.path[pi]) * sum(z[l] - y[l] for l in range(L)) + sum(w) + e
         cost += sum(int(problem.group[pi, g]) * act[l, g] for l in range(L) for g in range(G))
-        cost += sum((int(problem.module[pi, m]) + int(problem.rank_cost[pi, m, r]) + (int(problem.top_rank_cost[pi, m, r]) if l == L - 1 else 0)) * x[l, m, r]
-                for (l, m, r) in x)
+        cost += sum(problem.entry_cost(pi, l, m, r) * x[l, m, r] for (l, m, r) in x)
         model.add(cost <= int(capacity))
     model.maximize(sum(int(round(problem.value[l, m, r] * VALUE_SCALE)) * x[l, m, r] for (l, m, r) in x))
     solver = cp_model.CpSolver()

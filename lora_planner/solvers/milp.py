@@ -58,17 +58,12 @@ def solve_milp_one(problem: Problem, capacity: int, backend: str = "cbc", time_l
                     lp += w[l] >= int(low_terms[pi, j]) * (y[l] + pulp.lpSum(adapted[l, m] for m in idx) - len(idx))
         # the top block's extra (Problem.option_costs), clamped at 0
         e = pulp.LpVariable(f"e_{pi}", lowBound=0)
-        T = L - 1
-        for i in range(M):
-            t = int(problem.top[pi, i])
-            if t > 0:
-                later = pulp.lpSum(int(problem.act[pi, j, r]) * x[T, j, r] for j in range(M) if problem.after[i, j] for r in range(R))
-                lp += e >= t * adapted[T, i] - later
+        for i, t, later in problem.top_moments(pi):
+            lp += e >= t * adapted[L - 1, i] - pulp.lpSum(c * x[L - 1, j, r] for j, r, c in later)
         lp += (int(problem.fixed[pi]) + int(problem.path[pi]) * pulp.lpSum(z[l] - y[l] for l in range(L)) + pulp.lpSum(w)
                + e
                + pulp.lpSum(int(problem.group[pi, g]) * act[l, g] for l in range(L) for g in range(G))
-               + pulp.lpSum((int(problem.module[pi, m]) + int(problem.rank_cost[pi, m, r]) + (int(problem.top_rank_cost[pi, m, r]) if l == L - 1 else 0)) * x[l, m, r]
-                for (l, m, r) in x)
+               + pulp.lpSum(problem.entry_cost(pi, l, m, r) * x[l, m, r] for (l, m, r) in x)
                <= int(capacity))
     lp.solve(_backend(backend, time_limit))
     if pulp.LpStatus[lp.status] != "Optimal":

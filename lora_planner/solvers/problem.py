@@ -87,6 +87,20 @@ class Problem:
             cost = cost + np.where(applies[None], low_terms[:, None, :], 0).max(-1)
         return cost
 
+    # ---- the same terms as rows of the linear models (CP-SAT, MILP) -----------------------------
+    def entry_cost(self, pi: int, layer: int, m: int, r: int) -> int:
+        """Units target m at rank index r in ``layer`` pays in phase pi on its own (its module and rank
+        terms, and its top_rank_cost in the top block)."""
+        cost = self.module[pi, m] + self.rank_cost[pi, m, r]
+        return int(cost + self.top_rank_cost[pi, m, r] if layer == self.num_layers - 1 else cost)
+
+    def top_moments(self, pi: int) -> list[tuple[int, int, list[tuple[int, int, int]]]]:
+        """The top block's extra in phase pi as linear rows: (i, top[i], [(j, r, act[j, r]) for targets j
+        after i]) for every target i with a positive top term; extra >= top[i]·[i adapted] - Σ act·[j at r]."""
+        M, R = len(self.targets), len(self.ranks)
+        return [(i, int(self.top[pi, i]), [(j, r, int(self.act[pi, j, r])) for j in range(M) if self.after[i, j] for r in range(R)])
+                for i in range(M) if self.top[pi, i] > 0]
+
     def option_values(self, opts: np.ndarray) -> np.ndarray:
         """[L, K] value of each option in each layer."""
         on = opts >= 0

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LoraPlannerError, nearest
+from ..memory import DTYPE_BYTES
 from ..profile import ModuleInfo, profiles_dir
 
-DTYPE_NAMES = ("bf16", "fp16", "fp32")
+DTYPE_NAMES = tuple(DTYPE_BYTES)
 TASKS = ("causal-lm", "seq-cls")
 
 
@@ -25,15 +26,10 @@ def load_config(model: str):
     """A transformers config from a shipped model name, a local HF folder or a config.json path."""
     from transformers import AutoConfig
 
-    path = Path(model)
-    known = shipped_configs()
-    if model in known:
-        path = known[model]
-    elif path.is_dir():
-        path = path / "config.json"
-    elif not path.is_file():
+    path = config_path(model)
+    if path is None:
         raise LoraPlannerError("MODEL", "a shipped model name, a local Hugging Face folder or a config.json path", model,
-                               nearest(model, known))
+                               nearest(model, shipped_configs()))
     try:
         body = json.loads(path.read_text())
         body = {k: v for k, v in body.items() if not k.startswith("_lp_")}
@@ -68,10 +64,11 @@ def truncated(config, layers: int):
 
 
 def config_path(model: str) -> Path | None:
-    """The config.json a model argument points at, if any (no checks, no transformers)."""
-    known = shipped_configs()
-    path = known.get(model) or Path(model)
-    path = path / "config.json" if path.is_dir() else path
+    """The config.json a model argument points at (a folder's may not exist), or None when it names
+    neither a shipped model, a folder nor a file. No transformers."""
+    path = shipped_configs().get(model) or Path(model)
+    if path.is_dir():
+        return path / "config.json"
     return path if path.is_file() else None
 
 

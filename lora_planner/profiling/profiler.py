@@ -95,7 +95,8 @@ def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: st
         raise LoraPlannerError("--task", f"one of {', '.join(TASKS)}", task, "E.g. --task causal-lm.")
     if task == "seq-cls" and num_labels < 1:
         raise LoraPlannerError("--num-labels", "a positive whole number", num_labels, "E.g. --num-labels 77.")
-    if config_path(model) is None:
+    path = config_path(model)
+    if path is None or not path.is_file():
         load_config(model)  # not a model we can read: its one-line error, before any worker starts
     t_start = time.perf_counter()
     # Workers start importing torch, transformers, peft and the modeling code at once, and read the
@@ -119,8 +120,6 @@ def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, metho
         targets = tuple(n for n in draft.module_names if n.split(".")[-1] in peft_wanted) or tuple(draft.module_names[:1])
 
     shapes = fit.fit_shapes(batch_size, seq_len)
-    if seq_len < 4:
-        shapes = [(batch_size, seq_len), (2 * batch_size, seq_len), (3 * batch_size, seq_len), (4 * batch_size, seq_len)]
     # The full design at the first two shapes; at the other two only what the attention-dependent
     # terms need (the token-scaled ones are on a line in T through the first two: fit.TOKEN_KINDS).
     designs = [fit.design(disc.modules, FIT_LAYERS - 1, full=i < 2) for i in range(len(shapes))]

@@ -18,7 +18,6 @@ import contextlib
 from typing import Mapping
 
 import torch
-from torch.utils._pytree import tree_map_only
 
 from .build import build_base, example_inputs, lora_config_for, materialize_fake
 from .tracker import LiveBytes
@@ -93,11 +92,10 @@ class _MetaLiveBytes(LiveBytes):
     input dtype on CPU, in float32 on meta.
     """
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+    def run(self, func, args, kwargs):
+        out = super().run(func, args, kwargs)
         if func is torch.ops.aten.native_layer_norm.default and args[0].dtype in (torch.bfloat16, torch.float16):
             out = (out[0], out[1].to(args[0].dtype), out[2].to(args[0].dtype))
-        tree_map_only(torch.Tensor, self.track, out)
         return out
 
 

@@ -2,8 +2,8 @@
 
 Shipped profiles: batch 1 x 512 tokens, bf16 frozen weights, PEFT's default adapter dtype (fp32),
 AdamW, transformers' default attention, no gradient checkpointing, every linear module in the
-blocks as a candidate target (PEFT's default targets recorded as the default), traced on fake
-tensors, validated on 10 full-depth random assignments. Sequence-classification models use 2 labels.
+blocks as a candidate target (PEFT's default targets recorded as the default), traced on meta
+tensors, validated on 10 full-depth assignments (3 single-layer, 7 random) + 2 at a held-out shape. Sequence-classification models use 2 labels.
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ class ClientSpec:
         memory_bytes: the client's accelerator memory budget.
         throughput_flops: sustained training FLOP/s (for round-time estimates).
         bandwidth_bytes: link bytes/s, used for both uplink and downlink.
-        examples: local training examples per round.
+        num_examples: local training examples per round (the fleet file's ``examples`` column).
         ranks: allowed LoRA ranks (None = the planner's --ranks).
     """
 
@@ -29,7 +29,7 @@ class ClientSpec:
     memory_bytes: int
     throughput_flops: float = 50e12
     bandwidth_bytes: float = 12.5e6  # 100 Mbit/s
-    examples: int = 1000
+    num_examples: int = 1000
     ranks: tuple[int, ...] | None = None
 
 
@@ -120,7 +120,7 @@ def read_fleet(path: str | Path) -> list[ClientSpec]:
         if row.get("bandwidth") not in (None, ""):
             kw["bandwidth_bytes"] = _number(row["bandwidth"], "bandwidth", where, size=True)
         if row.get("examples") not in (None, ""):
-            kw["examples"] = int(_number(row["examples"], "examples", where))
+            kw["num_examples"] = int(_number(row["examples"], "examples", where))
         if row.get("ranks") not in (None, ""):
             kw["ranks"] = parse_ranks(row["ranks"], f"{where}: ranks")
         clients.append(ClientSpec(id=cid, memory_bytes=parse_size(row["memory"], f"{where}: memory"), **kw))

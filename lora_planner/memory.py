@@ -70,13 +70,13 @@ def adapter_state_per_rank(modules, phase: str, adapter_dtype: str = "fp32") -> 
 
 
 def check_shape(profile: ModelProfile, batch: int, seq: int) -> None:
-    for name, value in (("--batch-size", batch), ("--seq-len", seq)):
+    for name, value in (("batch_size", batch), ("seq_len", seq)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise LoraPlannerError(name, "a positive whole number", value, "E.g. --batch-size 1 --seq-len 512.")
+            raise LoraPlannerError(name, "a positive whole number", value, "E.g. batch size 1, sequence length 512.")
     if profile.max_positions and seq > profile.max_positions:
         raise LoraPlannerError(
-            "--seq-len", f"at most {profile.max_positions} (the context length of {profile.name})", seq,
-            f"Use --seq-len {profile.max_positions} or less.",
+            "seq_len", f"at most {profile.max_positions} (the context length of {profile.name})", seq,
+            f"Use a sequence length of {profile.max_positions} or less.",
         )
 
 

@@ -13,8 +13,9 @@ import numpy as np
 from .adapter_config import to_adapter_config
 from .errors import LoraPlannerError
 from .fleet import ClientSpec
-from .memory import evaluate, predict_phases
-from .profile import ModelProfile, write_json_atomic
+from .memory import check_shape, evaluate, predict_phases
+from .atomic import write_json_atomic
+from .profile import ModelProfile
 from .units import format_size
 
 PLAN_SCHEMA_VERSION = 1
@@ -46,6 +47,18 @@ class ClientPlan:
     @property
     def assignment(self) -> dict[tuple[int, str], int]:
         return {(e.layer, e.module): e.rank for e in self.entries}
+
+    @classmethod
+    def planned(cls, client: ClientSpec, *, reserve_bytes: int, tensor_bytes: int, objective: float,
+                entries: tuple[Entry, ...], solver: str, extras: dict | None = None) -> "ClientPlan":
+        return cls(id=client.id, budget_bytes=client.memory_bytes, reserve_bytes=reserve_bytes,
+                   predicted_tensor_bytes=tensor_bytes, predicted_bytes=tensor_bytes + reserve_bytes,
+                   objective=round(objective, 9), entries=entries, solver=solver, status="planned", extras=dict(extras or {}))
+
+    @classmethod
+    def dropped(cls, client: ClientSpec, *, reserve_bytes: int, solver: str, reason: str) -> "ClientPlan":
+        return cls(id=client.id, budget_bytes=client.memory_bytes, reserve_bytes=reserve_bytes, predicted_tensor_bytes=0,
+                   predicted_bytes=0, objective=0.0, entries=(), solver=solver, status="dropped", extras={"reason": reason})
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,11 @@ def load_plan(path: str | Path) -> Plan:
         raise LoraPlannerError("PLAN", "a readable plan.json", str(path), f"({exc.strerror})") from None
     except json.JSONDecodeError as exc:
         raise LoraPlannerError("PLAN", "valid JSON", f"{path} (line {exc.lineno})", "Regenerate it with `lora-planner solve -o`.") from None
+    return plan_from_json(body, str(path))
+
+
+def plan_from_json(body: Any, source: str = "plan") -> Plan:
+    """A Plan from its parsed JSON (``Plan.to_json``); one-line errors for another schema or a broken body."""
     if not isinstance(body, dict) or body.get("schema_version") != PLAN_SCHEMA_VERSION:
         raise LoraPlannerError("PLAN: schema_version", str(PLAN_SCHEMA_VERSION), body.get("schema_version") if isinstance(body, dict) else body,
                                "Regenerate it with this version's `lora-planner solve -o`.")
@@ -106,12 +124,12 @@ def load_plan(path: str | Path) -> Plan:
         return Plan(**{**{k: v for k, v in body.items() if k != "schema_version"}, "clients": clients,
                        "target_modules": tuple(body["target_modules"]), "ranks": tuple(body["ranks"])})
     except (KeyError, TypeError) as exc:
-        raise LoraPlannerError("PLAN", "a well-formed plan.json", f"{path} ({exc})", "Regenerate it.") from None
+        raise LoraPlannerError("PLAN", "a well-formed plan.json", f"{source} ({exc})", "Regenerate it.") from None
 
 
 def resolve_importance(profile: ModelProfile, targets: Sequence[str], importance) -> tuple:
     """(the [layers, targets] values the solvers maximise, the name recorded in the plan)."""
-    from .importance.scores import depth_prior, normalise, uniform
+    from .importance.scores import normalise, uniform
     from .value import stored_importance
 
     if importance is None or (isinstance(importance, str) and importance == "profile"):
@@ -120,11 +138,14 @@ def resolve_importance(profile: ModelProfile, targets: Sequence[str], importance
             return uniform(profile.num_layers, len(targets)), "uniform"
         return normalise(stored), profile.importance.get("method", "stored")
     if isinstance(importance, str):
-        priors = {"uniform": uniform, "depth-prior": depth_prior}
+        from .importance import SCORES, ScoreRequest
+
+        priors = [n for n, p in SCORES.items() if not (p.obj.needs_model or p.obj.needs_data)]
         if importance not in priors:
-            raise LoraPlannerError("--importance", f"one of profile, {', '.join(priors)}", importance,
+            raise LoraPlannerError("importance", f"one of profile, {', '.join(priors)}", importance,
                                    "Scores that need a model and data are computed by `lora-planner profile --importance`.")
-        return priors[importance](profile.num_layers, len(targets)), importance
+        mat, _ = SCORES.get(importance).obj.compute(ScoreRequest(profile.name, tuple(targets), profile.num_layers))
+        return mat, importance
     values = np.asarray(importance, dtype=float)
     if values.shape != (profile.num_layers, len(targets)):
         raise LoraPlannerError("importance", f"an array of shape (layers, targets) = {(profile.num_layers, len(targets))}",
@@ -137,6 +158,78 @@ def minimum_budget(problem, reserve_bytes: int = 0) -> int:
     top = problem.num_layers - 1
     r = min(problem.ranks)
     return min(int(problem.cost({(top, m): r}).max()) for m in problem.targets) * problem.unit + reserve_bytes
+
+
+def check_fleet(clients: Sequence[ClientSpec]) -> None:
+    """A fleet has at least one client, and ids that are unique and safe as folder names."""
+    if not clients:
+        raise LoraPlannerError("clients", "at least one client", "an empty fleet", "Pass --memory-budget or --clients.")
+    seen = set()
+    for c in clients:
+        if not SAFE_ID.match(c.id):
+            raise LoraPlannerError("client id", "letters, digits, '.', '_' or '-' (it names a folder)", c.id, "Rename the client.")
+        if c.id in seen:
+            raise LoraPlannerError("client id", "unique", c.id, "Give every client its own id.")
+        seen.add(c.id)
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """What every rank class of one plan_fleet call shares."""
+
+    profile: ModelProfile
+    solver: str
+    targets: tuple[str, ...]
+    batch: int
+    seq: int
+    reserve_bytes: int
+    drop_infeasible: bool
+    alpha_ratio: float
+    unit_bytes: int | None
+    seed: int
+    importance: Any
+    terms: Any
+
+
+def _plan_rank_class(s: _Setting, ranks: tuple[int, ...], group: Sequence[ClientSpec], memo: dict) -> dict[str, ClientPlan]:
+    """Plan the clients that share one set of allowed ranks (one integer problem)."""
+    from .solvers import build_problem, get_solver
+
+    problem = build_problem(s.profile, s.targets, ranks, s.batch, s.seq, unit=s.unit_bytes,
+                            max_budget_bytes=max(c.memory_bytes for c in group) - s.reserve_bytes, values=s.importance)
+    need = minimum_budget(problem, s.reserve_bytes)
+    out: dict[str, ClientPlan] = {}
+    feasible = []
+    for c in group:
+        if c.memory_bytes >= need:
+            feasible.append(c)
+            continue
+        if not s.drop_infeasible:
+            raise LoraPlannerError(
+                f"memory budget of {c.id}", f"at least {format_size(need)} for {s.profile.name} at batch {s.batch} x {s.seq} tokens"
+                + (f" with a {format_size(s.reserve_bytes)} reserve" if s.reserve_bytes else ""),
+                format_size(c.memory_bytes), "Raise the budget, lower --batch-size/--seq-len, or pass --drop-infeasible.")
+        out[c.id] = ClientPlan.dropped(c, reserve_bytes=s.reserve_bytes, solver=s.solver, reason=f"needs at least {format_size(need)}")
+    caps = [problem.capacity(c.memory_bytes - s.reserve_bytes) for c in feasible]
+    sols = get_solver(s.solver).solve(problem, caps, feasible, seq_len=s.seq, batch=s.batch, seed=s.seed)
+    for c, sol in zip(feasible, sols):
+        out[c.id] = _client_result(s, c, sol, memo)
+    return out
+
+
+def _client_result(s: _Setting, client: ClientSpec, sol, memo: dict) -> ClientPlan:
+    """One solver answer as a ClientPlan, with the memory model's prediction of its peak."""
+    a = sol.assignment
+    if not a:
+        return ClientPlan.dropped(client, reserve_bytes=s.reserve_bytes, solver=sol.solver,
+                                  reason=f"{s.solver} found no configuration that fits")
+    key = tuple(sorted(a.items()))
+    if key not in memo:  # the optimum is a step function of budget: many clients share a plan
+        memo[key] = (max(predict_phases(s.profile, a, terms=s.terms).values()),
+                     tuple(Entry(l, m, r, s.alpha_ratio * r) for (l, m), r in key))
+    tensor, entries = memo[key]
+    return ClientPlan.planned(client, reserve_bytes=s.reserve_bytes, tensor_bytes=tensor, objective=sol.objective,
+                              entries=entries, solver=sol.solver, extras=sol.extras)
 
 
 def plan_fleet(profile: ModelProfile, clients: Sequence[ClientSpec], solver: str = "knapsack",
@@ -152,73 +245,37 @@ def plan_fleet(profile: ModelProfile, clients: Sequence[ClientSpec], solver: str
         solver: a name from ``lora_planner.solvers.SOLVERS``.
         target_modules: candidate LoRA modules (default: the profile's, e.g. q and v).
         ranks: allowed ranks (a client's own ``ranks`` override them).
+        batch_size, seq_len: the training shape (None: the profile's; 0 or less is refused).
         reserve_bytes: runtime reserve subtracted from every budget (CUDA context, allocator).
         drop_infeasible: drop clients whose budget is below the minimum instead of failing.
         importance: layer values: None or "profile" (the profile's stored score, else uniform), a prior
             name ("uniform", "depth-prior"), or a [layers, targets] array.
 
     Raises:
-        LoraPlannerError: on a bad fleet, solver or a budget below the minimum.
+        LoraPlannerError: on a bad fleet, solver, shape or a budget below the minimum.
     """
-    from .solvers import build_problem, get_solver
+    from .solvers import get_solver
 
     t0 = time.perf_counter()
-    entry = get_solver(solver)
-    if not clients:
-        raise LoraPlannerError("fleet", "at least one client", "an empty fleet", "Pass --memory-budget or --clients.")
-    seen = set()
-    for c in clients:
-        if not SAFE_ID.match(c.id):
-            raise LoraPlannerError("client id", "letters, digits, '.', '_' or '-' (it names a folder)", c.id, "Rename the client.")
-        if c.id in seen:
-            raise LoraPlannerError("client id", "unique", c.id, "Give every client its own id.")
-        seen.add(c.id)
-    batch = batch_size or profile.batch_size
-    seq = seq_len or profile.seq_len
+    get_solver(solver)  # an unknown or uninstalled solver fails before any work
+    check_fleet(clients)
+    batch = profile.batch_size if batch_size is None else batch_size
+    seq = profile.seq_len if seq_len is None else seq_len
+    check_shape(profile, batch, seq)
     targets = profile.resolve_targets(list(target_modules) if target_modules else None)
     ranks = tuple(sorted(set(int(r) for r in ranks)))
     if not ranks or min(ranks) <= 0:
-        raise LoraPlannerError("--ranks", "positive whole numbers", ranks, "E.g. --ranks 2,4,8,16,32,64.")
-
-    importance, importance_name = resolve_importance(profile, targets, importance)
-
-    planned: dict[str, ClientPlan] = {}
-    terms = evaluate(profile, batch, seq)
-    seen_plans: dict[tuple, tuple[int, tuple[Entry, ...]]] = {}
+        raise LoraPlannerError("ranks", "positive whole numbers", ranks, "E.g. --ranks 2,4,8,16,32,64.")
+    values, importance_name = resolve_importance(profile, targets, importance)
+    setting = _Setting(profile, solver, targets, batch, seq, reserve_bytes, drop_infeasible, alpha_ratio, unit_bytes, seed,
+                       values, evaluate(profile, batch, seq))
     by_ranks: dict[tuple[int, ...], list[ClientSpec]] = {}
     for c in clients:
         by_ranks.setdefault(tuple(sorted(c.ranks or ranks)), []).append(c)
+    planned: dict[str, ClientPlan] = {}
+    memo: dict = {}
     for rset, group in by_ranks.items():
-        problem = build_problem(profile, targets, rset, batch, seq, unit=unit_bytes,
-                                max_budget_bytes=max(c.memory_bytes for c in group) - reserve_bytes, values=importance)
-        need = minimum_budget(problem, reserve_bytes)
-        feasible = []
-        for c in group:
-            if c.memory_bytes >= need:
-                feasible.append(c)
-                continue
-            if not drop_infeasible:
-                raise LoraPlannerError(
-                    f"memory budget of {c.id}", f"at least {format_size(need)} for {profile.name} at batch {batch} x {seq} tokens"
-                    + (f" with a {format_size(reserve_bytes)} reserve" if reserve_bytes else ""),
-                    format_size(c.memory_bytes), "Raise the budget, lower --batch-size/--seq-len, or pass --drop-infeasible.")
-            planned[c.id] = ClientPlan(c.id, c.memory_bytes, reserve_bytes, 0, 0, 0.0, (), solver, "dropped",
-                                       {"reason": f"needs at least {format_size(need)}"})
-        caps = [problem.capacity(c.memory_bytes - reserve_bytes) for c in feasible]
-        sols = entry.solve(problem, caps, feasible, seq_len=seq, batch=batch, seed=seed)
-        for c, sol in zip(feasible, sols):
-            a = sol.assignment
-            if not a:
-                planned[c.id] = ClientPlan(c.id, c.memory_bytes, reserve_bytes, 0, 0, 0.0, (), sol.solver, "dropped",
-                                           {"reason": f"{solver} found no configuration that fits"})
-                continue
-            key = tuple(sorted(a.items()))
-            if key not in seen_plans:  # the optimum is a step function of budget: many clients share a plan
-                seen_plans[key] = (max(predict_phases(profile, a, terms=terms).values()),
-                                   tuple(Entry(l, m, r, alpha_ratio * r) for (l, m), r in key))
-            tensor, entries = seen_plans[key]
-            planned[c.id] = ClientPlan(c.id, c.memory_bytes, reserve_bytes, tensor, tensor + reserve_bytes, round(sol.objective, 9),
-                                       entries, sol.solver, "planned", dict(sol.extras))
+        planned.update(_plan_rank_class(setting, rset, group, memo))
     return Plan(profile=profile.name, profile_checksum=profile.to_json()["checksum"], batch_size=batch, seq_len=seq,
                 solver=solver, target_modules=targets, ranks=ranks, clients=tuple(planned[c.id] for c in clients),
                 seconds=round(time.perf_counter() - t0, 4), importance=importance_name)

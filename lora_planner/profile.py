@@ -13,9 +13,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
+from .atomic import write_json_atomic
 from .errors import LoraPlannerError, nearest
 
-SCHEMA_VERSION = 3  # 3: module terms measured in a middle block, plus per-module top-block terms
+SCHEMA_VERSION = 4  # 3: module terms measured in a middle block, plus per-module top-block terms;
+# 4: the step is training.step.train_step (outputs released before backward, as transformers.Trainer)
 # A term's bytes at (batch B, sequence S) with T = B*S tokens:
 #   c[0] + c[1]*T + c[2]*T*S + c[3]*S*S
 # (constant: weights and LoRA state; T: activations; T*S: attention scores; S^2: a shared mask).
@@ -182,17 +184,6 @@ def _checksum(body: Mapping[str, Any]) -> str:
     payload = {k: v for k, v in body.items() if k != "checksum"}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def profile_from_json(body: Mapping[str, Any], source: str = "profile") -> ModelProfile:

@@ -3,7 +3,7 @@
     from lora_planner.aggregation import get_aggregator, ClientUpdate, delta_weights
     agg = get_aggregator("flora")
     result = agg.aggregate([ClientUpdate(state_dict=sd, lora_config=cfg, num_examples=n), ...])
-    client_state = agg.for_client(result, client_lora_config)
+    payload = agg.for_client(result, client_lora_config)   # a ClientPayload, whatever the rule
 """
 from __future__ import annotations
 
@@ -11,18 +11,23 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import LoraPlannerError, nearest
-from .rules import FedIT, FlexLoRA, FLoRA, GlobalAdapter, HetLoRA, STAgg, delta_weights
+from ..atomic import read_dir_verified, write_dir_atomic
+from ..registry import Plugin, Registry
+from .rules import (AggregationRule, ClientPayload, FedIT, FlexLoRA, FLoRA, GlobalAdapter, HetLoRA, STAgg, delta_weights)
 from .updates import ClientUpdate, Factors, UpdateRejected, parse_update
 
-AGGREGATORS = {r.name: r for r in (FedIT, HetLoRA, FLoRA, STAgg, FlexLoRA)}
+AGGREGATORS: Registry = Registry("aggregation rule", "aggregation", [
+    Plugin("fedit", "FedAvg of A and B separately; one rank everywhere (inexact for B·A)", FedIT),
+    Plugin("hetlora", "zero-padding to the largest rank, example (or sparsity) weights; truncation back", HetLoRA),
+    Plugin("flora", "stacking: exact Σ p·B·A for any ranks; clients merge it and restart LoRA", FLoRA),
+    Plugin("stagg", "Fed-piLot STAgg: spatial per-module mean + temporal dynamic weight adjustment", STAgg),
+    Plugin("flexlora", "SVD of the exact Σ p·B·A, truncated to each client's rank", FlexLoRA),
+])
 
 
-def get_aggregator(name: str, **options):
+def get_aggregator(name: str, **options) -> AggregationRule:
     """A fresh aggregator by name: fedit, hetlora, flora, stagg, flexlora."""
-    if name not in AGGREGATORS:
-        raise LoraPlannerError("aggregator", "a known rule", name, nearest(name, AGGREGATORS))
-    return AGGREGATORS[name](**options)
+    return AGGREGATORS.get(name).obj(**options)
 
 
 def check_update(update: ClientUpdate) -> None:
@@ -30,29 +35,31 @@ def check_update(update: ClientUpdate) -> None:
     parse_update(update)
 
 
-def save_state(aggregator, directory: str | os.PathLike) -> None:
-    """Server state as safetensors + JSON (atomic renames; never pickle)."""
+def save_state(aggregator: AggregationRule, directory: str | os.PathLike) -> None:
+    """Server state as one folder (safetensors + JSON + a manifest of checksums), written as a unit."""
     from safetensors.torch import save_file
 
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
     state = aggregator.state_dict()
-    tmp_t, tmp_j = d / ".state.safetensors.tmp", d / ".state.json.tmp"
-    save_file(state["tensors"], str(tmp_t)) if state["tensors"] else tmp_t.write_bytes(b"")
-    tmp_j.write_text(json.dumps(state["meta"], indent=1))
-    os.replace(tmp_t, d / "state.safetensors")
-    os.replace(tmp_j, d / "state.json")
+
+    def write(tmp: Path) -> None:
+        if state["tensors"]:
+            save_file(state["tensors"], str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(state["meta"], indent=1))
+
+    write_dir_atomic(directory, write)
 
 
-def load_state(aggregator, directory: str | os.PathLike) -> None:
+def load_state(aggregator: AggregationRule, directory: str | os.PathLike) -> None:
+    """Load what save_state wrote; a torn or edited folder is refused with one line."""
     from safetensors.torch import load_file
 
     d = Path(directory)
+    read_dir_verified(d, "aggregator state")
     meta = json.loads((d / "state.json").read_text())
     blob = d / "state.safetensors"
-    tensors = load_file(str(blob)) if blob.stat().st_size else {}
+    tensors = load_file(str(blob)) if blob.exists() else {}
     aggregator.load_state_dict({"tensors": tensors, "meta": meta})
 
 
-__all__ = ["AGGREGATORS", "ClientUpdate", "Factors", "GlobalAdapter", "UpdateRejected", "check_update", "delta_weights",
-           "get_aggregator", "load_state", "save_state"]
+__all__ = ["AGGREGATORS", "AggregationRule", "ClientPayload", "ClientUpdate", "Factors", "GlobalAdapter", "UpdateRejected",
+           "check_update", "delta_weights", "get_aggregator", "load_state", "save_state"]

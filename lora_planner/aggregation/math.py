@@ -7,6 +7,7 @@ scaled temporaries — these rules are memory-bound, so passes over memory are w
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 EXACT_SVD_MAX_RANK = 128  # stacked rank up to which FlexLoRA's SVD is exact (QR); above it, randomised
@@ -111,3 +112,50 @@ def sparsity_weights(As: Sequence, Bs: Sequence, scales: Sequence[float] | None 
     norms = [abs(s) * product_norm(a, b) for a, b, s in zip(As, Bs, _scales(scales, len(As)))]
     total = sum(norms)
     return [n / total for n in norms] if total > 0 else [1.0 / len(norms)] * len(norms)
+
+
+def relative_change(W_A, W_B, A, B) -> float:
+    """‖B A − W_B W_A‖_F / ‖W_B W_A‖_F, from Gram matrices (never out x in); 1 when W is zero."""
+    import torch
+
+    diff = product_norm(torch.cat([A, W_A]), torch.cat([B, -W_B], dim=1))
+    base = product_norm(W_A, W_B)
+    return diff / base if base > 0 else 1.0
+
+
+def ema(previous: float | None, value: float, decay: float) -> float:
+    """decay · previous + (1 − decay) · value; the first value starts the average."""
+    return value if previous is None else decay * previous + (1 - decay) * value
+
+
+def dwa_pressure(counts: Sequence[float], moving: Sequence[float]) -> list[float]:
+    """STAgg's ρ_j = (c̄ − c_j)/c̄ (under-updated entries) + (m_j − m̄)/m̄ (entries still moving)."""
+    c_bar = sum(counts) / len(counts)
+    m_bar = sum(moving) / len(moving)
+    return [((c_bar - c) / c_bar if c_bar > 0 else 0.0) + ((m - m_bar) / (m_bar + 1e-12) if m_bar > 0 else 0.0)
+            for c, m in zip(counts, moving)]
+
+
+def dwa_steps(rho: Sequence[float], temperature: float, eta_max: float) -> list[float]:
+    """η = n · softmax(ρ / T) (mean 1), each capped at ``eta_max``."""
+    top = max(rho)
+    ex = [math.exp((r - top) / temperature) for r in rho]
+    total = sum(ex)
+    return [min(len(ex) * e / total, eta_max) for e in ex]
+
+
+def server_step(W_A, W_B, A, B, eta: float):
+    """W ← W + η (agg − W) on both factors, W padded to the aggregate's rank first."""
+    import torch
+
+    if W_A.shape[0] < A.shape[0]:
+        W_A, W_B = pad(W_A, W_B, A.shape[0])
+    return torch.lerp(W_A, A, eta), torch.lerp(W_B, B, eta)
+
+
+def weighted_mean(tensors: Sequence, p: Sequence[float]):
+    """Σ p_k t_k (the example-weighted mean of trainable non-LoRA parameters, e.g. a classifier head)."""
+    out = tensors[0].float() * p[0]
+    for t, w in zip(tensors[1:], p[1:]):
+        out.add_(t.float(), alpha=w)
+    return out.to(tensors[0].dtype)

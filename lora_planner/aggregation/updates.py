@@ -121,6 +121,23 @@ def parse_update(update: ClientUpdate) -> dict[str, Factors]:
     return out
 
 
+def parse_extras(update: ClientUpdate) -> dict[str, Any]:
+    """The update's trainable parameters outside LoRA (a classifier head, PEFT's ``modules_to_save``),
+    by their PEFT state-dict key; raises UpdateRejected if one is not finite."""
+    import torch
+
+    who = update.client_id or "client update"
+    out = {}
+    for key, t in update.state_dict.items():
+        if key.endswith(A_SUFFIX) or key.endswith(B_SUFFIX):
+            continue
+        t32 = t.detach().to(torch.float32)
+        if not finite(t32):
+            raise UpdateRejected(f"{who}: {key}", "finite", "NaN or Inf values", "Drop this update.")
+        out[key] = t.detach()
+    return out
+
+
 def client_slice(modules: Mapping[str, Factors], lora_config: Any, seed: int = 0) -> dict[str, Any]:
     """A PEFT state dict for one client: its own modules at its own ranks, scale unfolded.
 

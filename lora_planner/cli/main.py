@@ -6,8 +6,6 @@ import sys
 
 from ..errors import LoraPlannerError
 
-COMMANDS = ("profile", "estimate", "solve", "plot")
-
 EPILOG = """examples:
   lora-planner solve --model llama-2-7b --memory-budget 8GiB,16GiB,24GiB
   lora-planner solve --model llama-2-7b --memory-budget 12GiB:10,24GiB:2 -o plans/
@@ -39,6 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
+
+
+def as_flag(exc: LoraPlannerError, parser: argparse.ArgumentParser) -> LoraPlannerError:
+    """The library names Python parameters (``batch_size``); on the command line, name the flag (``--batch-size``)."""
+    flags = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings and a.option_strings[-1].startswith("--")}
+    if exc.field in flags:
+        return LoraPlannerError(flags[exc.field], exc.rule, exc.value, exc.fix)
+    return exc
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -51,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except LoraPlannerError as exc:
-        print(f"lora-planner {args.command}: error: {exc}", file=sys.stderr)
+        print(f"lora-planner {args.command}: error: {as_flag(exc, _command_parser(parser, args.command))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lora-planner: interrupted", file=sys.stderr)

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
+from ..atomic import write_file_atomic
 from ..errors import LoraPlannerError
 
 EXAMPLES = """examples:
@@ -51,13 +51,9 @@ def plot_plan(plan, path: str | Path) -> None:
     ax2.set_title("predicted memory vs budget")
     ax2.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        write_file_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110), suffix=Path(path).suffix or ".png")
     finally:
-        tmp.unlink(missing_ok=True)
         plt.close(fig)
 
 

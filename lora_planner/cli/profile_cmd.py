@@ -96,7 +96,8 @@ def _importance_job(args):
         return None
     from ..importance import compute_importance, get_score
 
-    score = get_score(args.importance or "ig")
+    name = args.importance or "ig"
+    score = get_score(name)
     data = None
     if args.data:
         from ..data import load_instructions, load_records
@@ -111,14 +112,14 @@ def _importance_job(args):
 
         sample_indices(len(data), args.samples, args.seed)  # the sampling rule, checked before tracing
     elif score.needs_data:
-        raise LoraPlannerError("--data", f"a dataset for --importance {score.name}", "nothing", "E.g. --data train.csv.")
+        raise LoraPlannerError("--data", f"a dataset for --importance {name}", "nothing", "E.g. --data train.csv.")
     if score.needs_model:
         from ..importance.measure import require_weights
 
         require_weights(args.model)
 
     def run_it(profile):
-        return compute_importance(score.name, args.model, profile.module_names, profile.num_layers, task=profile.task,
+        return compute_importance(name, args.model, profile.module_names, profile.num_layers, task=profile.task,
                                   num_labels=args.num_labels, data=data, samples=args.samples, seed=args.seed,
                                   probe_rank=args.probe_rank, batch_size=args.ig_batch_size, max_length=args.seq_len,
                                   progress=progress_factory())

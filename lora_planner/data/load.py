@@ -111,7 +111,7 @@ def load_records(path: str | Path, text_column: str = "text", label_column: str 
     _columns(path, columns, (("--text-column", text_column), ("--label-column", label_column)))
     names = tuple(sorted({str(r[label_column]) for r in rows}))
     if num_labels is not None and len(names) > num_labels:
-        raise LoraPlannerError("--num-labels", f"at least the {len(names)} distinct labels of {Path(path).name}", num_labels,
+        raise LoraPlannerError("num_labels", f"at least the {len(names)} distinct labels of {Path(path).name}", num_labels,
                                f"Use --num-labels {len(names)}.")
     index = {n: i for i, n in enumerate(names)}
     return Records(tuple(str(r[text_column]) for r in rows), tuple(index[str(r[label_column])] for r in rows), names, str(path))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LoraPlannerError
-from ..profile import write_json_atomic
+from ..atomic import write_json_atomic
 
 SCHEMA_VERSION = 1
 METHODS = ("iid", "dirichlet", "by-column", "size-skew")

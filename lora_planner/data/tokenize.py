@@ -32,9 +32,9 @@ def sample_indices(n: int, samples: int | None, seed: int, indices: Sequence[int
     if samples is None:
         samples = len(pool)
     if samples <= 0:
-        raise LoraPlannerError("--samples", "a positive number", samples, "E.g. --samples 128.")
+        raise LoraPlannerError("samples", "a positive number", samples, "E.g. --samples 128.")
     if samples > len(pool):
-        raise LoraPlannerError("--samples", f"at most the {len(pool)} records available", samples, f"Use --samples {len(pool)} or less.")
+        raise LoraPlannerError("samples", f"at most the {len(pool)} records available", samples, f"Use --samples {len(pool)} or less.")
     return random.Random(seed).sample(pool, samples)
 
 
@@ -45,14 +45,14 @@ def tokenized_batches(tokenizer, data: Records | Instructions, batch_size: int =
     import torch
 
     if batch_size <= 0:
-        raise LoraPlannerError("--batch-size", "a positive number", batch_size, "E.g. 8.")
+        raise LoraPlannerError("batch_size", "a positive number", batch_size, "E.g. 8.")
     order = sample_indices(len(data), samples, seed, indices)
     batches = []
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         if isinstance(data, Records):
             if num_labels is not None and max(data.labels[i] for i in idx) >= num_labels:
-                raise LoraPlannerError("--num-labels", f"more than the largest label index {max(data.labels)}", num_labels,
+                raise LoraPlannerError("num_labels", f"more than the largest label index {max(data.labels)}", num_labels,
                                        f"Use --num-labels {len(data.label_names)}.")
             enc = tokenizer([data.texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
                             return_tensors="pt")
@@ -63,7 +63,20 @@ def tokenized_batches(tokenizer, data: Records | Instructions, batch_size: int =
     return batches
 
 
-def _causal_batch(tokenizer, data: Instructions, idx: Sequence[int], max_length: int) -> dict:
+def fixed_batch(tokenizer, data: Records | Instructions, idx: Sequence[int], seq_len: int) -> dict:
+    """One mini-batch of these records padded (or cut) to exactly ``seq_len`` tokens: the shape the
+    plan's memory was predicted at, whatever the texts' lengths."""
+    import torch
+
+    if isinstance(data, Records):
+        enc = tokenizer([data.texts[i] for i in idx], padding="max_length", truncation=True, max_length=seq_len,
+                        return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                "labels": torch.tensor([data.labels[i] for i in idx])}
+    return _causal_batch(tokenizer, data, idx, seq_len, pad_to=seq_len)
+
+
+def _causal_batch(tokenizer, data: Instructions, idx: Sequence[int], max_length: int, pad_to: int | None = None) -> dict:
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -80,7 +93,7 @@ def _causal_batch(tokenizer, data: Instructions, idx: Sequence[int], max_length:
             ids = (prompt[:max_length - len(answer[:1])] + answer[:1])
             labels = [-100] * (len(ids) - 1) + answer[:1]
         rows.append((ids, labels))
-    width = max(len(ids) for ids, _ in rows)
+    width = pad_to or max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

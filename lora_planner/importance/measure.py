@@ -47,8 +47,8 @@ def require_weights(model: str) -> Path:
     return folder
 
 
-def load_model(model: str, task: str, num_labels: int = 2, seed: int = 0):
-    """(model, tokenizer, folder) for a model with real weights, in fp32, from a local folder only.
+def load_model(model: str, task: str, num_labels: int = 2, seed: int = 0, dtype: str = "fp32"):
+    """(model, tokenizer, folder) for a model with real weights (``dtype``: fp32, bf16, fp16), from a local folder only.
 
     Raises:
         LoraPlannerError: MODEL has no local weights or no tokenizer (importance needs a real forward pass).
@@ -70,7 +70,7 @@ def load_model(model: str, task: str, num_labels: int = 2, seed: int = 0):
     transformers.logging.set_verbosity_error()  # "newly initialised classifier" is expected here
     try:
         net = cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True,
-                                   dtype=torch.float32, **kwargs)
+                                   dtype={"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype], **kwargs)
     finally:
         transformers.logging.set_verbosity(verbosity)
     if task == "causal-lm" and tokenizer.pad_token_id is None:
@@ -111,9 +111,9 @@ def local_ig(model, batches: Sequence[Mapping], modules: Sequence[str], task: st
     from ..profiling.build import find_blocks, lora_config_for
 
     if probe_rank <= 0:
-        raise LoraPlannerError("--probe-rank", "a positive rank", probe_rank, "E.g. --probe-rank 8.")
+        raise LoraPlannerError("probe_rank", "a positive rank", probe_rank, "E.g. --probe-rank 8.")
     if not batches:
-        raise LoraPlannerError("--samples", "at least one example", 0, "Give the IG sample some data.")
+        raise LoraPlannerError("samples", "at least one example", 0, "Give the IG sample some data.")
     prefix, blocks = find_blocks(model)
     num_layers = len(blocks)
     assignment = {(layer, m): probe_rank for layer in range(num_layers) for m in modules}

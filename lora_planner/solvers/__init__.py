@@ -1,13 +1,20 @@
-"""Solver registry: every solver turns one Problem and the clients' capacities into Solutions."""
+"""Solver registry: every solver turns one Problem and the clients' capacities into Solutions.
+
+A solver is an object with ``exact`` (does it find the integer problem's optimum?) and
+``solve(problem, capacities, clients, *, seq_len, batch, seed)``: every solver is called with
+the same arguments and ignores what it does not use. Add one by registering a ``Plugin`` in
+``SOLVERS`` (see docs/architecture.md).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from ..errors import LoraPlannerError, nearest
 from ..fleet import ClientSpec
-from .knapsack import Solution
-from .problem import Problem, build_problem
+from ..registry import Plugin, Registry
+from .problem import Problem, Solution, build_problem
+
+SOLVERS_EXTRA = "Install the solvers extra: pip install -c constraints.txt -e '.[solvers]'."
 
 
 class SolveFn(Protocol):
@@ -15,33 +22,66 @@ class SolveFn(Protocol):
                  seed: int) -> list[Solution]: ...
 
 
-@dataclass(frozen=True)
-class SolverEntry:
-    name: str
-    summary: str
+class Solver(Protocol):
+    """What the registry holds for a solver."""
+
     exact: bool
-    available: Callable[[], bool]
+
+    def solve(self, problem: Problem, capacities: list[int], clients: list[ClientSpec], *, seq_len: int, batch: int,
+              seed: int) -> list[Solution]: ...
+
+
+@dataclass(frozen=True)
+class FunctionSolver:
+    """A solver made of one function with the common signature."""
+
+    exact: bool
     solve: SolveFn
 
 
-def _knapsack(problem, caps, clients, **_):
+def _knapsack(problem, caps, clients, *, seq_len, batch, seed):
     from .knapsack import solve_knapsack
     return solve_knapsack(problem, caps)
 
 
-def _cpsat(problem, caps, clients, **_):
+def _cpsat(problem, caps, clients, *, seq_len, batch, seed):
     from .cpsat import solve_cpsat
     return solve_cpsat(problem, caps)
 
 
-def _milp(problem, caps, clients, **_):
+def _milp(problem, caps, clients, *, seq_len, batch, seed):
     from .milp import solve_milp
     return solve_milp(problem, caps, backend="cbc")
 
 
-def _milp_highs(problem, caps, clients, **_):
+def _milp_highs(problem, caps, clients, *, seq_len, batch, seed):
     from .milp import solve_milp
     return solve_milp(problem, caps, backend="highs")
+
+
+def _depth_rank(problem, caps, clients, *, seq_len, batch, seed):
+    from .depth_rank import solve_depth_rank
+    return solve_depth_rank(problem, caps, clients, seq_len)
+
+
+def _uniform(problem, caps, clients, *, seq_len, batch, seed):
+    from .baselines import solve_uniform
+    return solve_uniform(problem, caps)
+
+
+def _hetlora(problem, caps, clients, *, seq_len, batch, seed):
+    from .baselines import solve_hetlora
+    return solve_hetlora(problem, caps)
+
+
+def _random(problem, caps, clients, *, seq_len, batch, seed):
+    from .baselines import solve_random
+    return solve_random(problem, caps, seed=seed)
+
+
+def _greedy(problem, caps, clients, *, seq_len, batch, seed):
+    from .baselines import solve_greedy
+    return solve_greedy(problem, caps)
 
 
 def _highs_available() -> bool:
@@ -50,23 +90,6 @@ def _highs_available() -> bool:
         return bool(pulp.HiGHS(msg=False).available())
     except Exception:  # highspy missing or unloadable next to ortools
         return False
-
-
-def _depth_rank(problem, caps, clients, *, seq_len, batch, **_):
-    from .depth_rank import solve_depth_rank
-    return solve_depth_rank(problem, caps, clients, seq_len)
-
-
-def _baseline(fn_name):
-    def run(problem, caps, clients, *, seed=0, **_):
-        from . import baselines
-        fn = getattr(baselines, fn_name)
-        return fn(problem, caps, seed=seed) if fn_name == "solve_random" else fn(problem, caps)
-    return run
-
-
-def _always() -> bool:
-    return True
 
 
 def _cpsat_available() -> bool:
@@ -79,27 +102,27 @@ def _milp_available() -> bool:
     return available()
 
 
-SOLVERS: dict[str, SolverEntry] = {e.name: e for e in [
-    SolverEntry("knapsack", "exact: lowest block enumerated + multiple-choice knapsack DP (numpy; default)", True, _always, _knapsack),
-    SolverEntry("cpsat", "exact: the same problem in OR-Tools CP-SAT (reference)", True, _cpsat_available, _cpsat),
-    SolverEntry("milp", "exact: the same problem as a PuLP MILP with CBC (reference)", True, _milp_available, _milp),
-    SolverEntry("milp-highs", "exact: the same MILP with HiGHS (needs highspy)", True, _highs_available, _milp_highs),
-    SolverEntry("depth-rank", "LEGEND-style: output-side depth + rising rank ramp under a common round deadline", False, _always, _depth_rank),
-    SolverEntry("uniform", "baseline (FedIT): one rank on every layer, largest that fits the smallest client", False, _always, _baseline("solve_uniform")),
-    SolverEntry("hetlora", "baseline (HetLoRA): every layer, per-client largest rank that fits", False, _always, _baseline("solve_hetlora")),
-    SolverEntry("random", "baseline (FedRA-style): random layers at the middle rank while they fit", False, _always, _baseline("solve_random")),
-    SolverEntry("greedy", "baseline: best value per byte first", False, _always, _baseline("solve_greedy")),
-]}
+def _solver(name: str, summary: str, exact: bool, fn: SolveFn, available: Callable[[], bool] | None = None) -> Plugin[Solver]:
+    kwargs = {"available": available, "install": SOLVERS_EXTRA} if available else {}
+    return Plugin(name, summary, FunctionSolver(exact, fn), **kwargs)
 
 
-def get_solver(name: str) -> SolverEntry:
-    if name not in SOLVERS:
-        raise LoraPlannerError("--solver", "a known solver", name, nearest(name, SOLVERS))
-    entry = SOLVERS[name]
-    if not entry.available():
-        raise LoraPlannerError("--solver", "an installed solver", name,
-                               "Install the solvers extra: pip install -c constraints.txt -e '.[solvers]'.")
-    return entry
+SOLVERS: Registry[Solver] = Registry("solver", "solver", [
+    _solver("knapsack", "exact: lowest block enumerated + multiple-choice knapsack DP (numpy; default)", True, _knapsack),
+    _solver("cpsat", "exact: the same problem in OR-Tools CP-SAT (reference)", True, _cpsat, _cpsat_available),
+    _solver("milp", "exact: the same problem as a PuLP MILP with CBC (reference)", True, _milp, _milp_available),
+    _solver("milp-highs", "exact: the same MILP with HiGHS (needs highspy)", True, _milp_highs, _highs_available),
+    _solver("depth-rank", "LEGEND-style: output-side depth + rising rank ramp under a common round deadline", False, _depth_rank),
+    _solver("uniform", "baseline (FedIT): one rank on every layer, largest that fits the smallest client", False, _uniform),
+    _solver("hetlora", "baseline (HetLoRA): every layer, per-client largest rank that fits", False, _hetlora),
+    _solver("random", "baseline (FedRA-style): random layers at the middle rank while they fit", False, _random),
+    _solver("greedy", "baseline: best value per byte first", False, _greedy),
+])
 
 
-__all__ = ["SOLVERS", "Problem", "Solution", "SolverEntry", "build_problem", "get_solver"]
+def get_solver(name: str) -> Solver:
+    """The solver called ``name`` (one-line error for an unknown or uninstalled one)."""
+    return SOLVERS.get(name).obj
+
+
+__all__ = ["SOLVERS", "FunctionSolver", "Problem", "Solution", "Solver", "build_problem", "get_solver"]

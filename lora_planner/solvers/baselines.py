@@ -5,8 +5,7 @@ import random
 
 import numpy as np
 
-from .knapsack import Solution
-from .problem import Problem
+from .problem import Problem, Solution
 
 
 def _fits(problem: Problem, a: dict, cap: int) -> bool:

@@ -1,8 +1,7 @@
 """The same exact problem as an OR-Tools CP-SAT model (reference implementation)."""
 from __future__ import annotations
 
-from .knapsack import Solution
-from .problem import Problem
+from .problem import Problem, Solution
 
 VALUE_SCALE = 10**9  # CP-SAT needs integer objective coefficients
 

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..fleet import ClientSpec
-from .knapsack import Solution
-from .problem import Problem
+from .problem import Problem, Solution
 
 ADAPTER_BYTES = 4  # fp32 adapters on the wire
 
@@ -57,7 +56,7 @@ def solve_depth_rank(problem: Problem, capacities: list[int], clients: list[Clie
     per_client = []
     for spec, cap in zip(clients, capacities):
         fits = np.all(costs <= cap, axis=1)
-        tokens = spec.examples * seq_len
+        tokens = spec.num_examples * seq_len
         rows = [Candidate(a, v, b, tokens * (fwd + bwd) / spec.throughput_flops + 2 * b / spec.bandwidth_bytes, costs[i])
                 for i, (a, v, b, bwd) in enumerate(cands) if fits[i]]
         per_client.append(rows)

@@ -10,24 +10,11 @@ CP-SAT, the exact reference model, and the result says so.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 
-from .problem import Problem
+from .problem import Problem, Solution
 
 NEG = -1e18
-
-
-@dataclass
-class Solution:
-    assignment: dict[tuple[int, str], int]
-    objective: float
-    status: str  # "optimal" | "feasible" (time limit) | "infeasible" | "dropped"
-    solver: str
-    extras: dict = field(default_factory=dict)  # depth-rank: round time, bytes up/down, deadline
-    cost: Any = None  # [P] units per phase, when the solver knows it
 
 
 class KnapsackTables:

@@ -1,8 +1,7 @@
 """The same exact problem as a PuLP MILP (bundled CBC; HiGHS when highspy is installed)."""
 from __future__ import annotations
 
-from .knapsack import Solution
-from .problem import Problem
+from .problem import Problem, Solution
 
 
 def available() -> bool:

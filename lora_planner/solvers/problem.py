@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -193,3 +194,13 @@ def build_problem(profile: ModelProfile, targets: tuple[str, ...], ranks: tuple[
         after=np.array([[order[j] > order[i] for j in targets] for i in targets], dtype=bool),
         value=imp[:, :, None] * util[None, None, :],
     )
+
+
+@dataclass
+class Solution:
+    assignment: dict[tuple[int, str], int]
+    objective: float
+    status: str  # "optimal" | "feasible" (time limit) | "infeasible" | "dropped"
+    solver: str
+    extras: dict = field(default_factory=dict)  # depth-rank: round time, bytes up/down, deadline
+    cost: Any = None  # [P] units per phase, when the solver knows it

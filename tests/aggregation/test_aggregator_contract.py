@@ -95,7 +95,7 @@ def test_for_client_gives_each_client_its_planned_modules_and_ranks(updates, nam
     agg = get_aggregator(name)
     result = agg.aggregate(updates)
     for plan, u in zip(PLANS, updates):
-        state = agg.for_client(result, u.lora_config)
+        state = agg.for_client(result, u.lora_config).adapter
         got = {k[len(PREFIX):-len(".lora_A.weight")]: v.shape[0] for k, v in state.items() if k.endswith("lora_A.weight")}
         assert got == {f"model.layers.{l}.{m}": r for (l, m), r in plan.items()}
         for k, v in state.items():
@@ -110,7 +110,7 @@ def test_for_client_state_loads_into_the_clients_peft_model(base_config, updates
     agg = get_aggregator("hetlora")
     result = agg.aggregate(updates)
     model = get_peft_model(AutoModelForCausalLM.from_config(base_config), lora_config(PLANS[0]))
-    out = set_peft_model_state_dict(model, agg.for_client(result, model.peft_config["default"]))
+    out = set_peft_model_state_dict(model, agg.for_client(result, model.peft_config["default"]).adapter)
     assert not [k for k in out.unexpected_keys if "lora" in k]
 
 
@@ -131,8 +131,15 @@ def test_flora_keeps_the_weighted_sum_of_products_exactly(updates):
 def test_flora_for_client_is_the_delta_to_merge(updates):
     agg = get_aggregator("flora")
     result = agg.aggregate(updates)
-    merged = agg.for_client(result, updates[0].lora_config)
+    got = agg.for_client(result, updates[0].lora_config)
+    assert not [k for k in got.adapter if "lora_" in k], "a fresh LoRA: no factors to load"
+    merged = got.base_delta
     assert set(merged) == set(reference(updates)) and all(v.ndim == 2 for v in merged.values())
+    for m, want in reference(updates).items():
+        torch.testing.assert_close(merged[m], want, rtol=1e-5, atol=1e-7)
+    again = agg.for_client(agg.aggregate(updates), updates[0].lora_config).base_delta
+    for m, want in reference(updates).items():  # the base carries the sum over rounds
+        torch.testing.assert_close(again[m], 2 * want, rtol=1e-5, atol=1e-6)
 
 
 def test_fedit_equals_plain_fedavg_of_the_factors(base_config):
@@ -256,3 +263,36 @@ def test_finiteness_check_tells_overflowing_sums_from_nan_and_inf():
         t = torch.zeros(4, 4)
         t[1, 2] = bad
         assert not finite(t)
+
+
+def test_a_torn_aggregator_state_is_refused_with_one_line(tmp_path, updates):
+    st = get_aggregator("stagg")
+    st.aggregate(updates)
+    save_state(st, tmp_path / "s")
+    meta = json.loads((tmp_path / "s" / "state.json").read_text())
+    meta["round"] = 7  # tensors and JSON disagree now, as after a crash between two renames
+    (tmp_path / "s" / "state.json").write_text(json.dumps(meta))
+    with pytest.raises(LoraPlannerError, match="checksum") as err:
+        load_state(get_aggregator("stagg"), tmp_path / "s")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", list(AGGREGATORS))
+def test_every_rule_gives_a_payload_that_loads_into_the_clients_peft_model(base_config, updates, name):
+    """One return type: the loop loads payload.adapter and sets payload.base_delta, never asking which rule."""
+    from peft import get_peft_model, set_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    from lora_planner.aggregation import ClientPayload
+
+    us = [make_update(base_config, SAME_RANK_PLAN, n, seed=s) for s, n in ((1, 10), (2, 30))] if name == "fedit" else updates
+    agg = get_aggregator(name)
+    result = agg.aggregate(us)
+    model = get_peft_model(AutoModelForCausalLM.from_config(base_config), us[0].lora_config)
+    got = agg.for_client(result, model.peft_config["default"])
+    assert isinstance(got, ClientPayload)
+    out = set_peft_model_state_dict(model, got.adapter)
+    assert not [k for k in out.unexpected_keys if "lora" in k]
+    for module, delta in got.base_delta.items():
+        layer = model.get_base_model().get_submodule(module)
+        assert delta.shape == getattr(layer, "base_layer", layer).weight.shape

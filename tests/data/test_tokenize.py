@@ -56,13 +56,13 @@ def test_prompt_template_has_a_context_section_only_when_there_is_one():
 @needs_data
 def test_sample_size_larger_than_the_data_is_refused(tokenizer):
     recs = load_records(BANKING, "text", "category")
-    with pytest.raises(LoraPlannerError, match="--samples.*at most the 10003"):
+    with pytest.raises(LoraPlannerError, match="^samples must.*at most the 10003"):
         tokenized_batches(tokenizer, recs, samples=10004)
 
 
 @needs_data
 def test_labels_beyond_num_labels_are_refused():
-    with pytest.raises(LoraPlannerError, match="--num-labels.*77"):
+    with pytest.raises(LoraPlannerError, match="^num_labels must.*77"):
         load_records(BANKING, "text", "category", num_labels=10)
 
 

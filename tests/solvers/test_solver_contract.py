@@ -14,7 +14,7 @@ from lora_planner.solvers import SOLVERS, build_problem, get_solver
 
 TARGETS = ("self_attn.q_proj", "self_attn.v_proj")
 RANKS = (2, 8)
-EXACT = [n for n, e in SOLVERS.items() if e.exact and e.available()]
+EXACT = [n for n, e in SOLVERS.items() if e.obj.exact and e.available()]
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +172,26 @@ def test_the_integer_problem_never_charges_less_than_the_memory_model(data):
     chosen = data.draw(st.lists(st.sampled_from(keys), min_size=1, max_size=len(keys), unique=True))
     a = {k: data.draw(st.sampled_from(ranks)) for k in chosen}
     assert problem.cost(a).max() * problem.unit >= predict_tensor_bytes(prof, a, 2, 128)
+
+
+@pytest.mark.parametrize("shape", [{"batch_size": 0}, {"seq_len": 0}, {"batch_size": -2}])
+def test_a_zero_or_negative_shape_is_refused_not_replaced_by_the_profiles(tiny_llama_profile, shape):
+    """plan_fleet(batch_size=0) used to plan silently at the profile's batch; predict_tensor_bytes refuses 0, so must it."""
+    name = next(iter(shape))
+    with pytest.raises(LoraPlannerError, match=f"^{name} must be a positive whole number"):
+        plan_fleet(tiny_llama_profile, [ClientSpec("c0", 2**34)], target_modules=TARGETS, ranks=RANKS, **shape)
+
+
+@pytest.mark.parametrize("registry_path", ["lora_planner.solvers:SOLVERS", "lora_planner.aggregation:AGGREGATORS",
+                                           "lora_planner.importance:SCORES", "lora_planner.federated:BACKENDS"])
+def test_every_plugin_kind_shares_one_registry_type_that_suggests_the_nearest_name(registry_path):
+    import importlib
+
+    from lora_planner.registry import Plugin, Registry
+
+    module, attr = registry_path.split(":")
+    registry = getattr(importlib.import_module(module), attr)
+    assert isinstance(registry, Registry) and all(isinstance(p, Plugin) and p.summary for p in registry.values())
+    first = next(iter(registry))
+    with pytest.raises(LoraPlannerError, match=f"^{registry.parameter} must be a known .*Did you mean '{first}'"):
+        registry.get(first + "x")

@@ -39,7 +39,7 @@ def build_base(config, task: str, dtype: str, meta: bool, attn_implementation: s
         if "Unrecognized configuration class" not in str(exc):
             raise
         other = "seq-cls" if task == "causal-lm" else "causal-lm"
-        raise LoraPlannerError("--task", f"a task that transformers' {cls.__name__} can build for model_type "
+        raise LoraPlannerError("task", f"a task that transformers' {cls.__name__} can build for model_type "
                                f"'{config.model_type}'", task, f"Try --task {other}; encoder-decoder models are not supported.") from None
 
 

@@ -14,6 +14,7 @@ from .. import __version__
 from ..errors import LoraPlannerError
 from ..memory import check_shape
 from ..profile import ModelProfile
+from ..training.step import STEP_DESCRIPTION
 from . import fit
 from .config import DTYPE_NAMES, TASKS, config_path, default_task, load_config, modeling_module, num_layers, truncated
 
@@ -41,7 +42,7 @@ def _structure(model: str, task: str | None, num_labels: int, dtype: str):
     config = copy.deepcopy(_config(model, task, num_labels))
     task = task or default_task(config)
     if task == "seq-cls" and num_labels < 1:
-        raise LoraPlannerError("--num-labels", "a positive whole number", num_labels, "E.g. --num-labels 77.")
+        raise LoraPlannerError("num_labels", "a positive whole number", num_labels, "E.g. --num-labels 77.")
     n_layers = num_layers(config)
     if n_layers < FIT_LAYERS:
         raise LoraPlannerError("MODEL", f"a model with at least {FIT_LAYERS} blocks", n_layers, "")
@@ -88,13 +89,13 @@ def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: st
         LoraPlannerError: on any bad argument (one line each).
     """
     if dtype not in DTYPE_NAMES:
-        raise LoraPlannerError("--dtype", f"one of {', '.join(DTYPE_NAMES)}", dtype, "E.g. --dtype bf16.")
+        raise LoraPlannerError("dtype", f"one of {', '.join(DTYPE_NAMES)}", dtype, "E.g. --dtype bf16.")
     if method not in METHODS:
-        raise LoraPlannerError("--method", f"one of {', '.join(METHODS)}", method, "E.g. --method traced.")
+        raise LoraPlannerError("method", f"one of {', '.join(METHODS)}", method, "E.g. --method traced.")
     if task is not None and task not in TASKS:
-        raise LoraPlannerError("--task", f"one of {', '.join(TASKS)}", task, "E.g. --task causal-lm.")
+        raise LoraPlannerError("task", f"one of {', '.join(TASKS)}", task, "E.g. --task causal-lm.")
     if task == "seq-cls" and num_labels < 1:
-        raise LoraPlannerError("--num-labels", "a positive whole number", num_labels, "E.g. --num-labels 77.")
+        raise LoraPlannerError("num_labels", "a positive whole number", num_labels, "E.g. --num-labels 77.")
     path = config_path(model)
     if path is None or not path.is_file():
         load_config(model)  # not a model we can read: its one-line error, before any worker starts
@@ -153,7 +154,7 @@ def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, metho
         "adapter_dtype": "fp32",  # PEFT autocasts adapters to fp32 whatever the base dtype
         "optimizer": "adamw", "attn_implementation": disc.attn_implementation,
         "gradient_checkpointing": False, "method": method, "lora_dropout": 0.0,
-        "step": "steady state: 2nd of 2 identical steps (zero_grad(set_to_none), fwd, bwd, AdamW step)",
+        "step": f"steady state: 2nd of 2 identical steps of {STEP_DESCRIPTION}",
         "fit_residual_bytes": round(residual, 1),
         "versions": _versions(),
     }

@@ -8,6 +8,7 @@ the math path; CPU takes the fused flash kernel) and layer norm's saved statisti
 the input dtype on CPU). Meta dispatch runs in C++; fake tensors (``method="fake"``, kept as a
 cross-check) wrap every op in Python and were 3-6x slower.
 
+The step is ``training.step.train_step``, the executor's own (outputs released before backward).
 Steady state = the second of two identical steps: AdamW state exists, gradients start as None
 (``zero_grad(set_to_none=True)``), the step's outputs are released when it ends. We reach it in
 one step by creating AdamW's state before the step (``tests`` check this equals two steps).
@@ -19,6 +20,7 @@ from typing import Mapping
 
 import torch
 
+from ..training.step import train_step
 from .build import build_base, example_inputs, lora_config_for, materialize_fake
 from .tracker import LiveBytes
 
@@ -119,15 +121,16 @@ def _init_adamw_state(opt: torch.optim.Optimizer) -> None:
             }
 
 
-def step_peaks(model, inputs: Mapping[str, torch.Tensor], tracker: LiveBytes, steps: int = 1) -> dict[str, int]:
-    """Run ``steps`` training steps; return the per-phase peak live bytes of the last one."""
+def tracked_step(model, inputs: Mapping[str, torch.Tensor], opt: torch.optim.Optimizer, tracker: LiveBytes,
+                 max_grad_norm: float | None = None):
+    """One ``train_step`` under the live-bytes tracker: (the loss, per-phase peak live bytes).
+
+    The live set starts as what exists between two steps: parameters, buffers, the inputs and the
+    optimiser's state. The head's forward marks the "loss" phase (logits and the loss).
+    """
     from peft import PeftModel
 
     base = model.get_base_model() if isinstance(model, PeftModel) else model
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=1e-4)
-    if steps == 1:
-        _init_adamw_state(opt)
     tracker.track_all(model.parameters())
     tracker.track_all(model.buffers())
     tracker.track_all(v for v in inputs.values() if isinstance(v, torch.Tensor))
@@ -137,22 +140,26 @@ def step_peaks(model, inputs: Mapping[str, torch.Tensor], tracker: LiveBytes, st
     hook = head.register_forward_pre_hook(lambda *a: tracker.set_phase("loss")) if head is not None else None
     try:
         with tracker:
-            for _ in range(steps):
-                tracker.peaks = {}
-                opt.zero_grad(set_to_none=True)
-                tracker.set_phase("fwd")
-                out = model(**inputs)
-                tracker.set_phase("bwd")
-                out.loss.backward()
-                tracker.set_phase("opt")
-                opt.step()
-                del out
+            tracker.peaks = {}
+            loss = train_step(model, inputs, opt, max_grad_norm=max_grad_norm, on_phase=tracker.set_phase)
     finally:
         if hook is not None:
             hook.remove()
     peaks = {k: v for k, v in tracker.peaks.items() if k in ("fwd", "loss", "bwd", "opt")}
     peaks.setdefault("loss", peaks["fwd"])
-    return peaks
+    return loss, peaks
+
+
+def step_peaks(model, inputs: Mapping[str, torch.Tensor], tracker: LiveBytes, steps: int = 1) -> dict[str, int]:
+    """Run ``steps`` training steps; return the per-phase peak live bytes of the last one."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-4)
+    if steps == 1:
+        _init_adamw_state(opt)
+    with tracker:  # earlier steps run under the tracker too: every storage they leave is counted
+        for _ in range(steps - 1):
+            train_step(model, inputs, opt)
+    return tracked_step(model, inputs, opt, tracker)[1]
 
 
 def trace_assignment(config, task: str, dtype: str, prefix: str, assignment: Mapping[tuple[int, str], int],
@@ -203,7 +210,7 @@ def _cuda_peak(config, task, dtype, prefix, assignment, batch, seq, steps, attn_
     if not torch.cuda.is_available():
         from ..errors import LoraPlannerError
 
-        raise LoraPlannerError("--method", "cuda only where a CUDA GPU is visible", "cuda", "Use --method traced or measured.")
+        raise LoraPlannerError("method", "cuda only where a CUDA GPU is visible", "cuda", "Use --method traced or measured.")
     torch.manual_seed(seed)
     model = build_base(config, task, dtype, meta=False, attn_implementation=attn_implementation).cuda()
     model = get_peft_model(model, lora_config_for(prefix, assignment, task))
@@ -214,11 +221,7 @@ def _cuda_peak(config, task, dtype, prefix, assignment, batch, seq, steps, attn_
         if i == max(steps, 2) - 1:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        opt.zero_grad(set_to_none=True)
-        out = model(**inputs)
-        out.loss.backward()
-        opt.step()
-        del out
+        train_step(model, inputs, opt)
     torch.cuda.synchronize()
     peak = int(torch.cuda.max_memory_allocated())
     return {"fwd": peak, "loss": peak, "bwd": peak, "opt": peak}

@@ -132,9 +132,13 @@ def discover(config, task: str, dtype: str) -> Discovery:
 
 
 def example_inputs(config, task: str, batch: int, seq: int) -> dict[str, torch.Tensor]:
+    """A training batch of this shape as the executor feeds it: ids, an attention mask with one padded
+    position (a real batch padded to ``seq`` has some, so its mask is materialised, not skipped), labels."""
     ids = torch.zeros((batch, seq), dtype=torch.long)
+    mask = torch.ones((batch, seq), dtype=torch.long)
+    if seq > 1:
+        mask[0, -1] = 0
     if task == "causal-lm":
         # use_cache=False: a training step keeps no KV cache (it would hold k/v of every block).
-        return {"input_ids": ids, "labels": ids, "use_cache": False}
-    return {"input_ids": ids, "labels": torch.zeros((batch,), dtype=torch.long)}
-
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids, "use_cache": False}
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.zeros((batch,), dtype=torch.long)}

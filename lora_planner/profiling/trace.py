@@ -73,6 +73,9 @@ def _cpu_attention_on_meta():
                     choices[sig] = torch._fused_sdp_choice(on_cpu(query), on_cpu(key), on_cpu(value), on_cpu(attn_mask),
                                                            dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
             if choices[sig] == int(SDPBackend.FLASH_ATTENTION):
+                if attn_mask is not None and attn_mask.dtype == torch.bool:
+                    # what F.scaled_dot_product_attention does before the kernel (sdp::convert_boolean_attn_mask)
+                    attn_mask = torch.zeros_like(attn_mask, dtype=query.dtype).masked_fill_(attn_mask.logical_not(), float("-inf"))
                 return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
                     query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)[0]
         return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,

@@ -12,6 +12,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
 
 
+_SCALAR = torch.ops.aten._local_scalar_dense.default
+
+
+def _no_data(t: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return t.is_meta or isinstance(t, FakeTensor)
+
+
 class LiveBytes(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
@@ -46,7 +55,14 @@ class LiveBytes(TorchDispatchMode):
         self.peaks[phase] = max(self.peaks.get(phase, 0), self.live)
 
     def run(self, func, args, kwargs):
-        """The op itself; a subclass may correct its outputs before they are counted."""
+        """The op itself; a subclass may correct its outputs before they are counted.
+
+        A tensor without data (meta, fake) cannot answer a yes/no question about its values; the
+        only ones a training step asks are transformers' "is the attention mask all ones?" checks,
+        and our traced batches have a padded position, as real padded batches do: the answer is no.
+        """
+        if func is _SCALAR and args[0].dtype == torch.bool and _no_data(args[0]):
+            return False
         return func(*args, **(kwargs or {}))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):

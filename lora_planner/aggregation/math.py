@@ -129,11 +129,14 @@ def ema(previous: float | None, value: float, decay: float) -> float:
 
 
 def dwa_pressure(counts: Sequence[float], moving: Sequence[float]) -> list[float]:
-    """STAgg's ρ_j = (c̄ − c_j)/c̄ (under-updated entries) + (m_j − m̄)/m̄ (entries still moving)."""
+    """STAgg's ρ_j = u_j + ū · (m_j − m̄)/m̄, with u_j = (c̄ − c_j)/c̄ (under-updated entries) and
+    ū = mean |u| (how unevenly entries are updated). The "still moving" term is weighted by ū: when
+    every entry is updated equally often there is nothing to correct and every ρ is 0 (η = 1: FedAvg)."""
     c_bar = sum(counts) / len(counts)
+    under = [(c_bar - c) / c_bar if c_bar > 0 else 0.0 for c in counts]
+    spread = sum(abs(u) for u in under) / len(under)
     m_bar = sum(moving) / len(moving)
-    return [((c_bar - c) / c_bar if c_bar > 0 else 0.0) + ((m - m_bar) / (m_bar + 1e-12) if m_bar > 0 else 0.0)
-            for c, m in zip(counts, moving)]
+    return [u + (spread * (m - m_bar) / (m_bar + 1e-12) if m_bar > 0 else 0.0) for u, m in zip(under, moving)]
 
 
 def dwa_steps(rho: Sequence[float], temperature: float, eta_max: float) -> list[float]:

@@ -54,6 +54,12 @@ class ClientPayload:
 
     adapter: dict[str, Any]
     base_delta: dict[str, Any] = field(default_factory=dict)
+    wire_bytes: int = 0  # what a transport sends: the adapter, and for merge rules this round's stacked factors
+
+    @classmethod
+    def empty(cls) -> "ClientPayload":
+        """Round 1: a fresh LoRA on the pristine base."""
+        return cls({})
 
 
 class AggregationRule(Protocol):
@@ -111,7 +117,10 @@ def payload(result: GlobalAdapter, lora_config: Any, seed: int, modules: dict[st
     """The client's slice of ``modules`` (default: the result's), the averaged extras and the base delta."""
     adapter = client_slice(result.modules if modules is None else modules, lora_config, seed)
     adapter.update({k: v.clone() for k, v in result.extras.items()})
-    return ClientPayload(adapter, dict(result.base_delta))
+    wire = sum(t.numel() * t.element_size() for t in adapter.values())
+    if result.base_delta:  # the base's ΔW travels as this round's stacked factors; clients add them up
+        wire += sum(f.A.numel() * f.A.element_size() + f.B.numel() * f.B.element_size() for f in result.modules.values())
+    return ClientPayload(adapter, dict(result.base_delta), wire)
 
 
 def _check_rule(meta: dict, name: str) -> None:
@@ -234,8 +243,9 @@ class STAgg:
     Spatial: per module over the clients that trained it, data-size weights, scale folded, padded to
     the global rank. Untrained modules keep their value. Temporal (``math.dwa_*``, ``math.server_step``):
     W ← W + η (agg − W) with η = n·softmax(ρ/T) over this round's modules (mean 1), capped at
-    eta_max, where ρ_j = (c̄ − c_j)/c̄ (under-updated modules) + (m_j − m̄)/(m̄ + ε) (modules still
-    moving), c_j = update count, m_j = EMA of the relative change ‖agg − W‖/‖W‖.
+    eta_max, where ρ_j = u_j + ū·(m_j − m̄)/(m̄ + ε): u_j = (c̄ − c_j)/c̄ (under-updated modules),
+    ū = mean |u| (how uneven the updates are), c_j = update count, m_j = EMA of the relative change
+    ‖agg − W‖/‖W‖ (modules still moving). Every module updated equally often: ρ = 0, η = 1, FedAvg.
     """
 
     name = "stagg"

@@ -11,6 +11,8 @@ EPILOG = """examples:
   lora-planner solve --model llama-2-7b --memory-budget 12GiB:10,24GiB:2 -o plans/
   lora-planner profile llama-2-7b --batch-size 1 --seq-len 512 -o llama.json
   lora-planner estimate --model llama-2-7b --lora-config plans/client-0 --json
+  lora-planner train --model all-minilm-l6-v2 --num-labels 77 --data train.csv --eval-data test.csv \
+      --label-column category --memory-budget 100MiB,120MiB,200MiB --method fed-pilot --rounds 20 -o runs/b77
 
 sizes: GiB/G = 2**30 bytes, GB = 10**9 bytes."""
 
@@ -24,7 +26,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import estimate_cmd, partition_cmd, plot_cmd, profile_cmd, solve_cmd
+    from . import estimate_cmd, partition_cmd, plot_cmd, profile_cmd, solve_cmd, train_cmd
 
     parser = OneLineParser(prog="lora-planner", description="Plan per-client LoRA layers and ranks under memory budgets.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"lora-planner {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod in (solve_cmd, profile_cmd, estimate_cmd, plot_cmd, partition_cmd):
+    for mod in (solve_cmd, profile_cmd, estimate_cmd, plot_cmd, partition_cmd, train_cmd):
         mod.register(sub)
     return parser
 

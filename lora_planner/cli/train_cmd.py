@@ -117,8 +117,14 @@ def settings_from(args) -> dict:
 
 
 def run(args) -> int:
+    import warnings
+
     from ..federated import RunSettings, resume, start
     from .common import progress_factory
+
+    # harmless and repeated once per client: PEFT renaming the base path, transformers' deprecation notes
+    warnings.filterwarnings("ignore", message=".*base_model_name_or_path.*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
     given = settings_from(args)
     progress = progress_factory()

@@ -118,10 +118,22 @@ def screen(run: Run, tasks: list[ClientTask], results: list[ClientResult]) -> tu
                 reason = f"rejected: {exc}"
         if reason is None:
             updates.append(r.update)
-        rows.append({"id": t.client_id, "budget_bytes": t.budget_bytes, "predicted_bytes": t.predicted_bytes,
+        rows.append({"id": t.client_id, "simulated_seconds": simulated_seconds(run, t, r), "budget_bytes": t.budget_bytes,
+                     "predicted_bytes": t.predicted_bytes,
                      "measured_peak_bytes": peak, "measured_round": measured_round, "bytes_up": r.bytes_up, "bytes_down": r.bytes_down,
                      "train_loss": r.train_loss, "num_examples": len(t.indices), "dropped": reason, "seconds": round(r.seconds, 3)})
     return updates, rows
+
+
+def simulated_seconds(run: Run, task: ClientTask, result: ClientResult) -> float:
+    """This client's round on its own device (fleet throughput and bandwidth): the depth-rank time model."""
+    from ..timing import client_seconds, depth_of
+
+    spec = next(c for c in run.job.fleet if c.id == task.client_id)
+    layers = [e.layer for e in run.plan.client(task.client_id).entries]
+    tokens = task.local_steps * task.batch_size * task.seq_len
+    return round(client_seconds(run.job.profile, depth_of(run.job.profile, layers), tokens, spec.throughput_flops,
+                                spec.bandwidth_bytes, result.bytes_down, result.bytes_up), 6)
 
 
 def global_view(run: Run) -> tuple[dict, ClientPayload]:
@@ -167,8 +179,9 @@ def federated_rounds(run: Run, first: int, progress: Progress | None = None) -> 
     tick_round = progress("rounds", s.rounds - first + 1) if progress else None
     for rnd in range(first, s.rounds + 1):
         t = Timer()
-        chosen = select(run.plan, s.fraction, s.seed, rnd)
-        tasks = [client_task(run, c, rnd, i) for i, c in enumerate(chosen)]
+        with t("send"):
+            chosen = select(run.plan, s.fraction, s.seed, rnd)
+            tasks = [client_task(run, c, rnd, i) for i, c in enumerate(chosen)]
         with t("train"):
             results = run.backend.train(tasks, progress(f"round {rnd}: clients", len(tasks)) if progress else None)
         updates, clients = screen(run, tasks, results)
@@ -184,7 +197,8 @@ def federated_rounds(run: Run, first: int, progress: Progress | None = None) -> 
             evaluation = run.backend.evaluate(*global_view(run))
         clients += [{"id": c.id, "budget_bytes": c.budget_bytes, "dropped": f"plan: {c.extras.get('reason', 'no plan')}"}
                     for c in run.plan.clients if c.status != "planned"]
-        run.rows.append({"round": rnd, "eval": evaluation, "seconds": dict(t), "clients": clients,
+        trained = [c["simulated_seconds"] for c in clients if not c["dropped"]]
+        run.rows.append({"round": rnd, "eval": evaluation, "seconds": dict(t), "round_time_s": max(trained), "clients": clients,
                          "aggregation": s.aggregation, "replanned": replanned})
         with t("checkpoint"):
             save(run, rnd)

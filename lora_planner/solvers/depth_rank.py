@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..fleet import ClientSpec
+from ..timing import backward_flops_per_token, forward_flops_per_token
 from .problem import Problem, Solution
 
 ADAPTER_BYTES = 4  # fp32 adapters on the wire
@@ -33,8 +34,6 @@ def candidates(problem: Problem) -> list[tuple[dict, float, int, float]]:
     """(assignment, value, adapter bytes, backward FLOPs per token beyond forward) per depth and ramp."""
     prof = problem.profile
     L = prof.num_layers
-    block_params = sum(m.in_features * m.out_features for m in prof.modules)
-    other = max(prof.param_count - L * block_params, 0)
     ranks = sorted(problem.ranks)
     out = []
     for depth in range(1, L + 1):
@@ -43,14 +42,14 @@ def candidates(problem: Problem) -> list[tuple[dict, float, int, float]]:
                 idx = np.rint(np.linspace(lo, hi, depth)).astype(int)  # non-decreasing toward the output
                 a = {(L - depth + i, m): ranks[idx[i]] for i in range(depth) for m in problem.targets}
                 n_params = sum(r * (prof.module(m).in_features + prof.module(m).out_features) for (_, m), r in a.items())
-                bwd = 2.0 * (depth * block_params + other / 2)  # input gradients through the top D blocks + head
+                bwd = backward_flops_per_token(prof, depth)  # input gradients through the top D blocks + head
                 out.append((a, problem.objective(a), n_params * ADAPTER_BYTES, bwd))
     return out
 
 
 def solve_depth_rank(problem: Problem, capacities: list[int], clients: list[ClientSpec], seq_len: int,
                      min_value_fraction: float = 0.9) -> list[Solution]:
-    fwd = 2.0 * problem.profile.param_count  # forward FLOPs per token
+    fwd = forward_flops_per_token(problem.profile)
     cands = candidates(problem)
     costs = np.stack([problem.cost(a) for a, *_ in cands])  # [N, P]
     per_client = []

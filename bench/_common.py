@@ -1,7 +1,6 @@
 """Benchmark helpers: a table on stdout, JSON in bench/results/."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 from pathlib import Path
@@ -14,11 +13,10 @@ def machine() -> dict:
 
 
 def write(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(exist_ok=True)
+    from lora_planner.atomic import write_json_atomic
+
     path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"machine": machine(), **payload}, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, {"machine": machine(), **payload})
     return path
 
 

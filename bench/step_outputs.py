@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table, write  # noqa: E402
 
 from lora_planner.profiling.build import build_base, example_inputs, find_blocks, linear_modules, lora_config_for
-from lora_planner.profiling.trace import _head, _init_adamw_state, tracked_step
+from lora_planner.profiling.trace import _init_adamw_state, tracked_step
 from lora_planner.profiling.tracker import LiveBytes
 
 COMMON = {"vocab_size": 2048, "num_hidden_layers": 6, "max_position_embeddings": 512}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..errors import LoraPlannerError
 
@@ -24,15 +23,12 @@ run folder: run.json, profile.json, plan/, metrics.jsonl (one JSON row per round
 final/ (PeftModel.from_pretrained(base, "RUN/final") loads it; labels.json names the classes).
 sizes: GiB/G = 2**30 bytes, GB = 10**9 bytes."""
 
-# flag -> RunSettings field (and how to parse it)
-FIELDS = {
-    "model": str, "task": str, "num_labels": int, "data": str, "eval_data": str, "text_column": str, "label_column": str,
-    "instruction_column": str, "context_column": str, "response_column": str, "method": str, "solver": str,
-    "aggregation": str, "importance": str, "profile": str, "rounds": int, "local_steps": int, "batch_size": int,
-    "seq_len": int, "lr": float, "max_grad_norm": float, "dtype": str, "seed": int, "fraction": float, "min_clients": int,
-    "replan_every": int, "beta": float, "ig_samples": int, "eval_samples": int, "eval_batch_size": int, "backend": str,
-    "device": str, "measure": str, "dirichlet": float,
-}
+# flags whose value goes to the RunSettings field of the same name (argparse parses the type)
+FIELDS = ("model", "task", "num_labels", "data", "eval_data", "text_column", "label_column", "instruction_column",
+          "context_column", "response_column", "method", "solver", "aggregation", "importance", "profile", "rounds",
+          "local_steps", "batch_size", "seq_len", "lr", "max_grad_norm", "dtype", "seed", "fraction", "min_clients",
+          "replan_every", "beta", "ig_samples", "eval_samples", "eval_batch_size", "backend", "device", "measure", "dirichlet",
+          "num_supernodes", "round_timeout")
 
 
 def register(sub) -> None:
@@ -83,7 +79,9 @@ def register(sub) -> None:
     g.add_argument("--eval-samples", type=int, help="evaluate on this many held-out examples (default all)")
     g.add_argument("--eval-batch-size", type=int, help="default 64")
     g.add_argument("--measure", choices=("new", "every", "never"), help="measure client peaks for new configs (default), every round, never")
-    g.add_argument("--backend", help="inprocess (default)")
+    g.add_argument("--backend", help="inprocess (default) or flower (Flower's Simulation Engine on Ray, in this process)")
+    g.add_argument("--num-supernodes", type=int, help="flower: simulated nodes (default: one per client)")
+    g.add_argument("--round-timeout", type=float, help="flower: seconds a round waits for replies (default 600)")
     g.add_argument("--device", help="cpu (default) or cuda")
     g = p.add_argument_group("run folder")
     g.add_argument("-o", "--output", metavar="DIR", help="the run folder")
@@ -118,6 +116,7 @@ def settings_from(args) -> dict:
 
 def run(args) -> int:
     import warnings
+    from pathlib import Path
 
     from ..federated import RunSettings, resume, start
     from .common import progress_factory
@@ -131,15 +130,37 @@ def run(args) -> int:
     if hasattr(args, "resume"):
         if hasattr(args, "output") or hasattr(args, "force"):
             raise LoraPlannerError("--resume", "given alone (the run folder is the one resumed)", "with -o/--force", "Drop -o/--force.")
-        folder = resume(args.resume, given, progress=progress)
+        from ..federated.loop import stored_settings
+
+        stored = stored_settings(Path(args.resume))
+        if stored.backend == "flower":
+            folder = _simulate(None, stored, args.resume, overrides=given)
+        else:
+            folder = resume(args.resume, given, progress=progress)
     else:
         missing = [f for f in ("model", "data", "eval_data") if f not in given] + ([] if hasattr(args, "output") else ["output"])
         if missing:
             raise LoraPlannerError("--" + missing[0].replace("_", "-"), "given", "nothing", "See `lora-planner train --help`.")
         given.setdefault("task", "seq-cls")
-        folder = start(RunSettings(**given), args.output, force=hasattr(args, "force"), progress=progress)
+        settings = RunSettings(**given)
+        if settings.backend == "flower":
+            folder = _simulate(settings, settings, args.output, force=hasattr(args, "force"))
+        else:
+            folder = start(settings, args.output, force=hasattr(args, "force"), progress=progress)
     print(summary(folder))
     return 0
+
+
+def _simulate(settings, known, run_dir, force: bool = False, overrides: dict | None = None):
+    """The same run on Flower's Simulation Engine (Ray) in this process: one SuperNode per client by default."""
+    from ..federated import BACKENDS
+    from ..federated.job import load_fleet
+
+    BACKENDS.get("flower")  # one line if flwr is not installed
+    n = known.num_supernodes or len(load_fleet(known.resolved())[0])
+    from ..flower.server_app import simulate
+
+    return simulate(settings, run_dir, n, resume_run=settings is None, force=force, overrides=overrides)
 
 
 def summary(folder) -> str:

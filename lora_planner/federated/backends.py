@@ -44,7 +44,8 @@ class Backend(Protocol):
 class InProcessBackend:
     """Every client in this process, sequentially, on one shared base (loaded once)."""
 
-    def __init__(self, settings, data, eval_data, eval_indices: Sequence[int] | None = None, faults: dict | None = None) -> None:
+    def __init__(self, settings, data, eval_data, eval_indices: Sequence[int] | None = None, faults: dict | None = None,
+                 fleet_ids: Sequence[str] = ()) -> None:
         from ..training.client import SharedBase
 
         self.settings, self.data, self.eval_data = settings, data, eval_data
@@ -91,6 +92,21 @@ class InProcessBackend:
         pass
 
 
+def _flower(*args, **kwargs) -> Backend:
+    from ..flower.backend import FlowerBackend
+
+    return FlowerBackend(*args, **kwargs)
+
+
+def _flower_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flwr") is not None
+
+
+# A factory: (settings, data, eval_data, eval_indices, *, faults=None, fleet_ids=(), **backend options) -> Backend
 BACKENDS: Registry[Callable[..., Backend]] = Registry("backend", "backend", [
     Plugin("inprocess", "one process, one shared base, clients in turn (deterministic for a seed)", InProcessBackend),
+    Plugin("flower", "Flower nodes (Simulation Engine on Ray, or a Deployment Engine): one message per node", _flower,
+           available=_flower_available, install="pip install -c constraints.txt 'flwr[simulation]==1.41.0'."),
 ])

@@ -258,8 +258,9 @@ def write_final(run: Run) -> None:
 
 # ---- start and resume ----------------------------------------------------------------------
 
-def _backend(job: Job, faults: dict | None) -> Backend:
-    return BACKENDS.get(job.settings.backend).obj(job.settings, job.data, job.eval_data, job.eval_indices, faults=faults)
+def _backend(job: Job, faults: dict | None, options: dict | None) -> Backend:
+    return BACKENDS.get(job.settings.backend).obj(job.settings, job.data, job.eval_data, job.eval_indices, faults=faults,
+                                                  fleet_ids=[c.id for c in job.fleet], **(options or {}))
 
 
 def local_scores(job: Job, backend: Backend, plan: Plan) -> dict[str, np.ndarray]:
@@ -273,28 +274,31 @@ def local_scores(job: Job, backend: Backend, plan: Plan) -> dict[str, np.ndarray
 
 
 def start(settings: RunSettings, run_dir: str | Path, force: bool = False, progress: Progress | None = None,
-          faults: dict | None = None) -> Path:
-    """A new run: check everything, plan, then write the run folder and train."""
+          faults: dict | None = None, backend_options: dict | None = None) -> Path:
+    """A new run: check everything, plan, then write the run folder and train.
+
+    ``faults``: (client id, round) -> fault kind, injected by the backend (drills and tests).
+    ``backend_options``: extra arguments of the backend's factory (the Flower Grid).
+    """
     from ..importance import combine, initial_global
 
     run_dir = Path(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not force:
         raise LoraPlannerError("output", "a new or empty folder", str(run_dir), "Pass --resume to continue it, or --force to start over.")
     job = prepare(settings)
-    check_done = job.profile is not None
-    if not check_done:
+    if job.profile is None:
         job.profile = training_profile(job.settings, progress)
     check_profile(job)
     plan = make_plan(job)  # uniform or prior values; Fed-piLot re-plans below with each client's Γ
-    backend = _backend(job, faults)
+    if not any(c.status == "planned" for c in plan.clients):
+        raise LoraPlannerError("memory budgets", "enough for at least one client", "none fits",
+                               f"Raise the budgets; the plan says: {plan.clients[0].extras.get('reason', '')}.")
+    backend = _backend(job, faults, backend_options)
     scores = None
     if job.settings.importance == "ig" and job.fixed_plan is None:
         scores = local_scores(job, backend, plan)
         glob = initial_global(list(scores.values()))
         plan = make_plan(job, {cid: combine(sc, glob, job.settings.beta) for cid, sc in scores.items()})
-    if not any(c.status == "planned" for c in plan.clients):
-        raise LoraPlannerError("memory budgets", "enough for at least one client", "none fits",
-                               f"Raise the budgets; the plan says: {plan.clients[0].extras.get('reason', '')}.")
     if force and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -321,7 +325,7 @@ def stored_settings(run_dir: Path) -> RunSettings:
 
 
 def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progress: Progress | None = None,
-           faults: dict | None = None) -> Path:
+           faults: dict | None = None, backend_options: dict | None = None) -> Path:
     """Continue a run from its last complete checkpoint; only ``rounds`` may change (and only grow)."""
     run_dir = Path(run_dir)
     stored = stored_settings(run_dir)
@@ -336,7 +340,7 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None, progres
     settings = RunSettings(**{**stored.__dict__, "rounds": rounds})
     job = prepare(settings, profile=load_profile(run_dir / "profile.json"))
     check_profile(job)
-    backend = _backend(job, faults)
+    backend = _backend(job, faults, backend_options)
     aggregator = get_aggregator(settings.aggregation)
     result, server = ckpt.load_checkpoint(run_dir, done, aggregator)
     run = Run(job, backend, aggregator, plan_from_json(server["plan"]), run_dir, result, server["rows"], server["max_rank"],

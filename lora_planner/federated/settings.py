@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from ..errors import LoraPlannerError, nearest
@@ -83,6 +83,8 @@ class RunSettings:
     ranks: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
     backend: str = "inprocess"
     device: str = "cpu"
+    round_timeout: float = 600.0  # seconds a round waits for replies (flower); a dead node costs this much
+    num_supernodes: int = 0  # flower simulation: nodes to start (0: one per fleet client)
     measure: str = "new"  # measure a client's peak when its config is new ("new"), every round ("every"), or "never"
 
     def resolved(self) -> "RunSettings":
@@ -112,6 +114,7 @@ class RunSettings:
 def check(s: RunSettings) -> None:
     """Refuse impossible settings, the first one as a one-line error."""
     from ..aggregation import AGGREGATORS
+    from ..importance import SCORES
     from ..solvers import SOLVERS
 
     problems: list[LoraPlannerError] = []
@@ -127,6 +130,7 @@ def check(s: RunSettings) -> None:
     for name in ("rounds", "local_steps", "batch_size", "seq_len", "min_clients", "num_labels", "eval_batch_size", "ig_samples"):
         positive_int(name, getattr(s, name))
     positive_number("lr", s.lr)
+    positive_number("round_timeout", s.round_timeout)
     if s.max_grad_norm is not None:
         positive_number("max_grad_norm", s.max_grad_norm)
     if not (isinstance(s.fraction, (int, float)) and 0 < s.fraction <= 1):
@@ -149,22 +153,12 @@ def check(s: RunSettings) -> None:
                 registry.get(value)
             except LoraPlannerError as exc:
                 problems.append(exc)
-    if s.importance and s.importance not in ("ig", "uniform", "depth-prior", "profile"):
-        problems.append(LoraPlannerError("importance", "one of ig, uniform, depth-prior, profile", s.importance,
-                                         nearest(s.importance, ("ig", "uniform", "depth-prior", "profile"))))
+    values = ("profile", "ig", *(n for n, p in SCORES.items() if not (p.obj.needs_model or p.obj.needs_data)))
+    if s.importance and s.importance not in values:
+        problems.append(LoraPlannerError("importance", f"one of {', '.join(values)}", s.importance, nearest(s.importance, values)))
     sources = [x for x in (bool(s.budgets), bool(s.clients_file), bool(s.plan_dir)) if x]
     if len(sources) != 1:
         problems.append(LoraPlannerError("clients", "given one way: memory budgets, a fleet file or a plan folder",
                                          f"{len(sources)} ways", "Pass one of --memory-budget, --clients, --plan."))
     if problems:
         raise problems[0]
-
-
-@dataclass
-class RunState:
-    """What a checkpoint restores besides the aggregator: where the run is and what it planned."""
-
-    round: int = 0
-    rows: list = field(default_factory=list)
-    plan: dict | None = None
-    global_score: list | None = None

@@ -140,5 +140,6 @@ def example_inputs(config, task: str, batch: int, seq: int) -> dict[str, torch.T
         mask[0, -1] = 0
     if task == "causal-lm":
         # use_cache=False: a training step keeps no KV cache (it would hold k/v of every block).
-        return {"input_ids": ids, "attention_mask": mask, "labels": ids, "use_cache": False}
+        # labels are their own tensor, as in a real batch (prompt positions are -100 there)
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.clone(), "use_cache": False}
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.zeros((batch,), dtype=torch.long)}

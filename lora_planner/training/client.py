@@ -74,6 +74,10 @@ class SharedBase:
         from ..importance.measure import load_model
 
         self.task, self.num_labels, self.dtype = task, num_labels, dtype
+        if not (device == "cpu" or device.startswith("cuda")):
+            raise LoraPlannerError("device", "cpu, cuda or cuda:N", device, "E.g. --device cuda.")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise LoraPlannerError("device", "a device this machine has", device, "No CUDA GPU is visible: use --device cpu.")
         self.model, self.tokenizer, self.folder = load_model(model, task, num_labels, seed, dtype)
         self.device = torch.device(device)
         self.model.to(self.device)
@@ -82,6 +86,7 @@ class SharedBase:
         if getattr(self.model.config, "pad_token_id", None) is None and self.tokenizer.pad_token_id is not None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.pristine: dict[str, Any] = {}
+        self.saved_modules: dict[str, dict] = {}  # PEFT's modules_to_save (the head): their weights before any client
 
     def set_base_delta(self, delta: dict[str, Any]) -> None:
         """Every module's base weight = its pristine value + ``delta[module]`` (ΔW is out x in; GPT-2's
@@ -115,6 +120,8 @@ class SharedBase:
 
         self.set_base_delta(payload.base_delta)
         model = get_peft_model(self.model, to_lora_config(adapter_config))
+        for name, module in self._wrapped(model):
+            self.saved_modules.setdefault(name, {k: v.detach().clone() for k, v in module.original_module.state_dict().items()})
         if payload.adapter:
             out = set_peft_model_state_dict(model, {k: v.to(self.device) for k, v in payload.adapter.items()})
             if out.unexpected_keys:
@@ -123,9 +130,24 @@ class SharedBase:
                                        "The plan and the global adapter disagree.")
         return model
 
+    @staticmethod
+    def _wrapped(model):
+        """(name in the base model, wrapper) of every module PEFT trains a copy of (modules_to_save)."""
+        from peft.utils import ModulesToSaveWrapper
+
+        base = model.get_base_model()
+        return [(n, m) for n, m in base.named_modules() if isinstance(m, ModulesToSaveWrapper)]
+
     def detach(self, model) -> None:
-        """Remove the adapter (and PEFT's head copy): the base is as before ``attach``."""
+        """Remove the adapter and PEFT's head copy: the base is as before ``attach``. (``unload()`` leaves the
+        *trained* copy of a modules_to_save module in the base; its saved weights are put back.)"""
+        import torch
+
+        names = [n for n, _ in self._wrapped(model)]
         model.unload()
+        with torch.no_grad():
+            for name in names:
+                self.model.get_submodule(name).load_state_dict(self.saved_modules[name])
 
 
 def example_order(indices: Sequence[int], steps: int, batch_size: int, seed: int) -> list[list[int]]:

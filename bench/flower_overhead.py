@@ -1,0 +1,90 @@
+"""Wall time of one federated job on three engines, in one run: in-process (the reference), Flower's
+Simulation Engine (Ray, in this process) and a Deployment Engine (flower-superlink + flower-supernode
+processes on loopback, `examples/flower/run_deployment.py`). 8 clients x 3 rounds, all-MiniLM-L6-v2,
+BANKING77, hetlora on an 8-client fleet that all take part. Ray's start-up is reported apart (the
+time to the first round's training), and the peak RSS of each process kind.
+
+    python bench/flower_overhead.py [--clients 8] [--rounds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import table, write  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "banking77"
+
+
+def settings(args, **kw):
+    from lora_planner.federated import RunSettings
+
+    return RunSettings(model="all-minilm-l6-v2", task="seq-cls", num_labels=77, data=str(DATA / "train.csv"),
+                       eval_data=str(DATA / "test.csv"), label_column="category", budgets=(f"{args.budget}:{args.clients}",),
+                       method="hetlora", partition="iid", rounds=args.rounds, local_steps=args.local_steps, batch_size=8,
+                       seq_len=32, lr=3e-3, eval_samples=300, **kw)
+
+
+def train_seconds(run: Path) -> tuple[float, float]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return sum(sum(r["seconds"].values()) for r in rows), sum(r["seconds"]["train"] for r in rows)
+
+
+def main() -> None:
+    from lora_planner.federated import start
+    from lora_planner.flower.server_app import simulate
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--local-steps", type=int, default=5)
+    ap.add_argument("--budget", default="140MiB")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="flower_overhead-"))
+    out, rows = {}, []
+
+    t = time.perf_counter()
+    run = start(settings(args), work / "inprocess")
+    total = time.perf_counter() - t
+    rounds_s, train_s = train_seconds(run)
+    out["inprocess"] = {"wall_s": total, "rounds_s": rounds_s, "train_s": train_s,
+                        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    rows.append(["in-process", f"{total:.1f}", f"{rounds_s:.1f}", "-", "1.00", f"{out['inprocess']['peak_rss_mib']:.0f} (this process)"])
+
+    t = time.perf_counter()
+    run = simulate(settings(args, backend="flower"), work / "simulation", num_supernodes=args.clients)
+    total = time.perf_counter() - t
+    rounds_s, train_s = train_seconds(run)
+    startup = total - rounds_s
+    out["simulation"] = {"wall_s": total, "rounds_s": rounds_s, "train_s": train_s, "startup_s": startup,
+                         "ratio_rounds": rounds_s / out["inprocess"]["rounds_s"],
+                         "peak_rss_mib_children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    rows.append(["Flower simulation (Ray)", f"{total:.1f}", f"{rounds_s:.1f}", f"{startup:.1f}", f"{out['simulation']['ratio_rounds']:.2f}",
+                 f"{out['simulation']['peak_rss_mib_children']:.0f} (largest Ray worker)"])
+
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "flower" / "run_deployment.py"), "--nodes", str(args.clients),
+                           "--rounds", str(args.rounds), "--method", "hetlora", "--budgets", f"{args.budget}:{args.clients}",
+                           "--root", str(work / "deployment")], capture_output=True, text=True)
+    total = time.perf_counter() - t
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    rounds_s = sum(sum(r["seconds"].values()) for r in report["rounds"])
+    out["deployment"] = {"wall_s": total, "rounds_s": rounds_s, "ok": report["ok"], "startup_s": total - rounds_s,
+                         "ratio_rounds": rounds_s / out["inprocess"]["rounds_s"]}
+    rows.append(["Flower deployment (loopback)", f"{total:.1f}", f"{rounds_s:.1f}", f"{total - rounds_s:.1f}",
+                 f"{out['deployment']['ratio_rounds']:.2f}", "(separate processes)"])
+    print(table(rows, ["engine", "wall s", "rounds s", "start-up s", "rounds / in-process", "peak RSS MiB"]))
+    print("wrote", write("flower_overhead", {"clients": args.clients, "rounds": args.rounds, "local_steps": args.local_steps,
+                                             **out}))
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from .errors import LoraPlannerError
-from .profile import TERM_KINDS, ModelProfile, basis
+from .profile import TERM_KINDS, ModelProfile, basis, fit_shapes
 
 Assignment = Mapping[tuple[int, str], int]
 
@@ -164,7 +164,6 @@ def shape_note(profile: ModelProfile, batch: int, seq: int) -> str | None:
     """A warning when the asked shape is far below the token counts the profile was fitted on:
     there the peak can move to another moment of the step and the separable terms stop holding
     (docs/memory-model.md, "What is left")."""
-    from .profiling.fit import fit_shapes  # numpy only
 
     fitted_min = min(b * s for b, s in fit_shapes(profile.batch_size, profile.seq_len))
     if batch * seq * 4 > fitted_min:

@@ -189,6 +189,7 @@ class _Setting:
     seed: int
     importance: Any
     terms: Any
+    time_limit: float
 
 
 def _plan_rank_class(s: _Setting, ranks: tuple[int, ...], group: Sequence[ClientSpec], memo: dict) -> dict[str, ClientPlan]:
@@ -211,7 +212,8 @@ def _plan_rank_class(s: _Setting, ranks: tuple[int, ...], group: Sequence[Client
                 format_size(c.memory_bytes), "Raise the budget, lower --batch-size/--seq-len, or pass --drop-infeasible.")
         out[c.id] = ClientPlan.dropped(c, reserve_bytes=s.reserve_bytes, solver=s.solver, reason=f"needs at least {format_size(need)}")
     caps = [problem.capacity(c.memory_bytes - s.reserve_bytes) for c in feasible]
-    sols = get_solver(s.solver).solve(problem, caps, feasible, seq_len=s.seq, batch=s.batch, seed=s.seed)
+    sols = get_solver(s.solver).solve(problem, caps, feasible, seq_len=s.seq, batch=s.batch, seed=s.seed,
+                                      time_limit=s.time_limit)
     for c, sol in zip(feasible, sols):
         out[c.id] = _client_result(s, c, sol, memo)
     return out
@@ -228,15 +230,16 @@ def _client_result(s: _Setting, client: ClientSpec, sol, memo: dict) -> ClientPl
         memo[key] = (max(predict_phases(s.profile, a, terms=s.terms).values()),
                      tuple(Entry(l, m, r, s.alpha_ratio * r) for (l, m), r in key))
     tensor, entries = memo[key]
+    extras = {**sol.extras, "solver_status": sol.status} if sol.status == "feasible" else sol.extras
     return ClientPlan.planned(client, reserve_bytes=s.reserve_bytes, tensor_bytes=tensor, objective=sol.objective,
-                              entries=entries, solver=sol.solver, extras=sol.extras)
+                              entries=entries, solver=sol.solver, extras=extras)
 
 
 def plan_fleet(profile: ModelProfile, clients: Sequence[ClientSpec], solver: str = "knapsack",
                target_modules: Sequence[str] | None = None, ranks: Sequence[int] = DEFAULT_RANKS,
                batch_size: int | None = None, seq_len: int | None = None, reserve_bytes: int = 0,
                drop_infeasible: bool = False, alpha_ratio: float = 2.0, unit_bytes: int | None = None,
-               seed: int = 0, importance=None) -> Plan:
+               seed: int = 0, importance=None, time_limit: float = 60.0) -> Plan:
     """Plan every client of a fleet.
 
     Args:
@@ -250,6 +253,8 @@ def plan_fleet(profile: ModelProfile, clients: Sequence[ClientSpec], solver: str
         drop_infeasible: drop clients whose budget is below the minimum instead of failing.
         importance: layer values: None or "profile" (the profile's stored score, else uniform), a prior
             name ("uniform", "depth-prior"), or a [layers, targets] array.
+        time_limit: seconds per client for the reference solvers (cpsat, milp); a client they stop
+            is planned with their best plan so far and ``extras["solver_status"] = "feasible"``.
 
     Raises:
         LoraPlannerError: on a bad fleet, solver, shape or a budget below the minimum.
@@ -267,8 +272,10 @@ def plan_fleet(profile: ModelProfile, clients: Sequence[ClientSpec], solver: str
     if not ranks or min(ranks) <= 0:
         raise LoraPlannerError("ranks", "positive whole numbers", ranks, "E.g. --ranks 2,4,8,16,32,64.")
     values, importance_name = resolve_importance(profile, targets, importance)
+    if not (isinstance(time_limit, (int, float)) and time_limit > 0):
+        raise LoraPlannerError("time_limit", "a positive number of seconds", time_limit, "E.g. 60.")
     setting = _Setting(profile, solver, targets, batch, seq, reserve_bytes, drop_infeasible, alpha_ratio, unit_bytes, seed,
-                       values, evaluate(profile, batch, seq))
+                       values, evaluate(profile, batch, seq), float(time_limit))
     by_ranks: dict[tuple[int, ...], list[ClientSpec]] = {}
     for c in clients:
         by_ranks.setdefault(tuple(sorted(c.ranks or ranks)), []).append(c)

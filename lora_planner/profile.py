@@ -48,6 +48,18 @@ def basis(batch: int, seq: int) -> tuple[float, float, float, float]:
     return (1.0, float(tokens), float(tokens * seq), float(seq * seq))
 
 
+def fit_shapes(batch: int, seq: int) -> list[tuple[int, int]]:
+    """Four shapes whose basis rows are independent; the first is the asked one, the second twice its
+    batch (the two the token-scaled terms are fitted on). Sequences under 4 tokens vary the batch only."""
+    if seq < 4:
+        return [(batch, seq), (2 * batch, seq), (3 * batch, seq), (4 * batch, seq)]
+    return [(batch, seq), (2 * batch, seq), (batch, seq // 2), (2 * batch, seq // 4)]
+
+
+def holdout_shape(batch: int, seq: int) -> tuple[int, int]:
+    return (batch + 1, max((3 * seq) // 4, 1))
+
+
 @dataclass(frozen=True)
 class ModuleInfo:
     """One LoRA-able linear module inside a transformer block (same in every block)."""

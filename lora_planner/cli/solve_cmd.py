@@ -45,6 +45,8 @@ def register(sub) -> None:
     p.add_argument("--alpha-ratio", type=float, default=2.0, help="lora_alpha = ratio x rank (default 2)")
     p.add_argument("--importance", default="profile",
                    help="layer value: profile (its stored score, e.g. from `profile --importance ig`; else uniform), uniform, depth-prior")
+    p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS",
+                   help="per client, for cpsat and milp (default 60); a client stopped by it shows 'feasible'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("-o", "--output", metavar="OUTDIR", help="write OUTDIR/plan.json and OUTDIR/<client>/adapter_config.json")
@@ -64,7 +66,7 @@ def run(args) -> int:
     plan = plan_fleet(profile, clients, solver=args.solver, target_modules=targets, ranks=parse_ranks(args.ranks),
                       batch_size=args.batch_size, seq_len=args.seq_len, reserve_bytes=reserve,
                       drop_infeasible=args.drop_infeasible, alpha_ratio=args.alpha_ratio, seed=args.seed,
-                      importance=args.importance)
+                      importance=args.importance, time_limit=args.time_limit)
     if args.output:
         plan.write(args.output, profile)
     if args.format == "json":
@@ -100,7 +102,7 @@ def render(plan, profile) -> str:
             extra = f"{c.extras['round_time_s']:.1f} s/round, {format_size(c.extras['bytes_up'])} up"
         rows.append([c.id, format_size(c.budget_bytes), format_size(c.predicted_bytes), f"{c.predicted_bytes / c.budget_bytes:.0%}",
                      _layers(c.entries), str(len(c.entries)), f"{ranks[0]}-{ranks[-1]}" if len(ranks) > 1 else str(ranks[0]),
-                     f"{c.objective:.3f} {extra}".strip()])
+                     f"{c.objective:.3f} {extra}".strip() + (" (feasible: time limit)" if c.extras.get("solver_status") == "feasible" else "")])
     head = (f"{plan.profile}: batch {plan.batch_size} x {plan.seq_len} tokens, targets {','.join(plan.target_modules)}, "
             f"ranks {','.join(map(str, plan.ranks))}, solver {plan.solver} ({plan.seconds * 1000:.0f} ms), importance {plan.importance}")
     total = sum(c.objective for c in plan.clients)

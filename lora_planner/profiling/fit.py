@@ -25,21 +25,10 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..memory import Assignment, predict_phases
-from ..profile import BASIS, PHASES, ModelProfile, ModuleInfo, PhaseTerms, basis, group_subsets, subset_key
+from ..profile import (BASIS, PHASES, ModelProfile, ModuleInfo, PhaseTerms, basis, fit_shapes, group_subsets,  # noqa: F401
+                       holdout_shape, subset_key)
 
 R0, R1 = 8, 32
-
-
-def fit_shapes(batch: int, seq: int) -> list[tuple[int, int]]:
-    """Four shapes whose basis rows are independent; the first is the asked one, the second twice its
-    batch (the two the token-scaled terms are fitted on). Sequences under 4 tokens vary the batch only."""
-    if seq < 4:
-        return [(batch, seq), (2 * batch, seq), (3 * batch, seq), (4 * batch, seq)]
-    return [(batch, seq), (2 * batch, seq), (batch, seq // 2), (2 * batch, seq // 4)]
-
-
-def holdout_shape(batch: int, seq: int) -> tuple[int, int]:
-    return (batch + 1, max((3 * seq) // 4, 1))
 
 
 # Terms that scale with the tokens only (c0 + c1*T): what an adapted module keeps is [tokens,

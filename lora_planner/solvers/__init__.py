@@ -1,8 +1,9 @@
 """Solver registry: every solver turns one Problem and the clients' capacities into Solutions.
 
 A solver is an object with ``exact`` (does it find the integer problem's optimum?) and
-``solve(problem, capacities, clients, *, seq_len, batch, seed)``: every solver is called with
-the same arguments and ignores what it does not use. Add one by registering a ``Plugin`` in
+``solve(problem, capacities, clients, *, seq_len, batch, seed, time_limit)``: every solver is called
+with the same arguments and ignores what it does not use (``time_limit``: seconds per client for
+the reference solvers; a client stopped by it has status "feasible", not "optimal"). Add one by registering a ``Plugin`` in
 ``SOLVERS`` (see docs/architecture.md).
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ SOLVERS_EXTRA = "Install the solvers extra: pip install -c constraints.txt -e '.
 
 class SolveFn(Protocol):
     def __call__(self, problem: Problem, capacities: list[int], clients: list[ClientSpec], *, seq_len: int, batch: int,
-                 seed: int) -> list[Solution]: ...
+                 seed: int, time_limit: float) -> list[Solution]: ...
 
 
 class Solver(Protocol):
@@ -28,7 +29,7 @@ class Solver(Protocol):
     exact: bool
 
     def solve(self, problem: Problem, capacities: list[int], clients: list[ClientSpec], *, seq_len: int, batch: int,
-              seed: int) -> list[Solution]: ...
+              seed: int, time_limit: float) -> list[Solution]: ...
 
 
 @dataclass(frozen=True)
@@ -39,47 +40,47 @@ class FunctionSolver:
     solve: SolveFn
 
 
-def _knapsack(problem, caps, clients, *, seq_len, batch, seed):
+def _knapsack(problem, caps, clients, *, seq_len, batch, seed, time_limit=60.0):
     from .knapsack import solve_knapsack
     return solve_knapsack(problem, caps)
 
 
-def _cpsat(problem, caps, clients, *, seq_len, batch, seed):
+def _cpsat(problem, caps, clients, *, seq_len, batch, seed, time_limit=60.0):
     from .cpsat import solve_cpsat
-    return solve_cpsat(problem, caps)
+    return solve_cpsat(problem, caps, time_limit)
 
 
-def _milp(problem, caps, clients, *, seq_len, batch, seed):
+def _milp(problem, caps, clients, *, seq_len, batch, seed, time_limit=60.0):
     from .milp import solve_milp
-    return solve_milp(problem, caps, backend="cbc")
+    return solve_milp(problem, caps, backend="cbc", time_limit=time_limit)
 
 
-def _milp_highs(problem, caps, clients, *, seq_len, batch, seed):
+def _milp_highs(problem, caps, clients, *, seq_len, batch, seed, time_limit=60.0):
     from .milp import solve_milp
-    return solve_milp(problem, caps, backend="highs")
+    return solve_milp(problem, caps, backend="highs", time_limit=time_limit)
 
 
-def _depth_rank(problem, caps, clients, *, seq_len, batch, seed):
+def _depth_rank(problem, caps, clients, *, seq_len, batch, seed, time_limit=60.0):
     from .depth_rank import solve_depth_rank
     return solve_depth_rank(problem, caps, clients, seq_len)
 
 
-def _uniform(problem, caps, clients, *, seq_len, batch, seed):
+def _uniform(problem, caps, clients, *, seq_len, batch, seed, time_limit=60.0):
     from .baselines import solve_uniform
     return solve_uniform(problem, caps)
 
 
-def _hetlora(problem, caps, clients, *, seq_len, batch, seed):
+def _hetlora(problem, caps, clients, *, seq_len, batch, seed, time_limit=60.0):
     from .baselines import solve_hetlora
     return solve_hetlora(problem, caps)
 
 
-def _random(problem, caps, clients, *, seq_len, batch, seed):
+def _random(problem, caps, clients, *, seq_len, batch, seed, time_limit=60.0):
     from .baselines import solve_random
     return solve_random(problem, caps, seed=seed)
 
 
-def _greedy(problem, caps, clients, *, seq_len, batch, seed):
+def _greedy(problem, caps, clients, *, seq_len, batch, seed, time_limit=60.0):
     from .baselines import solve_greedy
     return solve_greedy(problem, caps)
 

@@ -65,5 +65,5 @@ def solve_cpsat_one(problem: Problem, capacity: int, time_limit: float = 60.0) -
     return Solution(a, problem.objective(a), "optimal" if status == cp_model.OPTIMAL else "feasible", "cpsat")
 
 
-def solve_cpsat(problem: Problem, capacities: list[int]) -> list[Solution]:
-    return [solve_cpsat_one(problem, c) for c in capacities]
+def solve_cpsat(problem: Problem, capacities: list[int], time_limit: float = 60.0) -> list[Solution]:
+    return [solve_cpsat_one(problem, c, time_limit) for c in capacities]

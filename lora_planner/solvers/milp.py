@@ -72,5 +72,6 @@ def solve_milp_one(problem: Problem, capacity: int, backend: str = "cbc", time_l
     return Solution(a, problem.objective(a), "optimal" if proven else "feasible", f"milp-{backend}")
 
 
-def solve_milp(problem: Problem, capacities: list[int], backend: str = "cbc") -> list[Solution]:
-    return [solve_milp_one(problem, c, backend) for c in capacities]
+def solve_milp(problem: Problem, capacities: list[int], backend: str = "cbc", time_limit: float | None = 60.0) -> list[Solution]:
+    """Every client, each within ``time_limit`` seconds (None: no limit; CBC can then run for many minutes on 7B problems)."""
+    return [solve_milp_one(problem, c, backend, time_limit) for c in capacities]

@@ -167,3 +167,24 @@ def test_flower_simulation_gives_the_in_process_metrics_and_adapter(tmp_path, ti
     for k in x:
         torch.testing.assert_close(x[k], y[k], rtol=1e-4, atol=1e-5)
     assert json.loads((remote / "run.json").read_text())["settings"]["backend"] == "flower"
+
+
+def test_error_replies_and_missing_replies_drop_the_client_with_the_reason(task_identity, tiny_bert_folder, banking_small,
+                                                                          bert_profile):
+    from flwr.app import Error
+
+    from lora_planner.flower.strategy import PlanStrategy
+
+    s = settings(tiny_bert_folder, banking_small, bert_profile)
+    cfgs = configs(bert_profile, (2, 4))
+    strategy = PlanStrategy(get_aggregator("hetlora"), s, node_of={"a": 11, "b": 12})
+    strategy.pending = [a_task(cid, cfg, range(8)) for cid, cfg in zip("ab", cfgs)]
+    messages = strategy.configure_train(1, None, None, None)
+    for k, m in enumerate(messages):
+        m.metadata.__dict__["_message_id"] = f"m{k}"  # what the Grid assigns when it pushes them
+    raised = Message(error=Error(code=2, reason="RuntimeError: injected fault: the ClientApp raised"),
+                     metadata=Metadata(run_id=1, message_id="r0", src_node_id=11, dst_node_id=1, reply_to_message_id="m0",
+                                       group_id="1", created_at=time.time(), ttl=3600.0, message_type="train"))
+    a, b = strategy.results(messages, [raised])  # node 12 never answers (killed, or slower than the round timeout)
+    assert a.update is None and a.error.startswith("Flower error code 2: RuntimeError: injected fault")
+    assert b.update is None and b.error == "no reply within the round timeout"

@@ -195,3 +195,13 @@ def test_every_plugin_kind_shares_one_registry_type_that_suggests_the_nearest_na
     first = next(iter(registry))
     with pytest.raises(LoraPlannerError, match=f"^{registry.parameter} must be a known .*Did you mean '{first}'"):
         registry.get(first + "x")
+
+
+def test_a_time_limit_that_is_not_positive_is_refused_by_name(tiny_llama_profile, capsys):
+    with pytest.raises(LoraPlannerError, match="^time_limit must be a positive number of seconds"):
+        plan_fleet(tiny_llama_profile, [ClientSpec("c0", 2**34)], solver="cpsat", target_modules=TARGETS, ranks=RANKS,
+                   time_limit=0)
+    from lora_planner.cli.main import main
+
+    assert main(["solve", "--model", "llama-2-7b", "--memory-budget", "16GiB", "--solver", "milp", "--time-limit", "-1"]) == 2
+    assert capsys.readouterr().err.startswith("lora-planner solve: error: --time-limit must be a positive number")

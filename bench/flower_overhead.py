@@ -33,6 +33,10 @@ def settings(args, **kw):
                        seq_len=32, lr=3e-3, eval_samples=300, **kw)
 
 
+def evals(run: Path) -> list[dict]:
+    return [json.loads(x)["eval"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def train_seconds(run: Path) -> tuple[float, float]:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     return sum(sum(r["seconds"].values()) for r in rows), sum(r["seconds"]["train"] for r in rows)
@@ -55,7 +59,8 @@ def main() -> None:
     run = start(settings(args), work / "inprocess")
     total = time.perf_counter() - t
     rounds_s, train_s = train_seconds(run)
-    out["inprocess"] = {"wall_s": total, "rounds_s": rounds_s, "train_s": train_s,
+    reference = evals(run)
+    out["inprocess"] = {"wall_s": total, "rounds_s": rounds_s, "train_s": train_s, "eval": reference,
                         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     rows.append(["in-process", f"{total:.1f}", f"{rounds_s:.1f}", "-", "1.00", f"{out['inprocess']['peak_rss_mib']:.0f} (this process)"])
 
@@ -64,7 +69,7 @@ def main() -> None:
     total = time.perf_counter() - t
     rounds_s, train_s = train_seconds(run)
     startup = total - rounds_s
-    out["simulation"] = {"wall_s": total, "rounds_s": rounds_s, "train_s": train_s, "startup_s": startup,
+    out["simulation"] = {"wall_s": total, "rounds_s": rounds_s, "train_s": train_s, "startup_s": startup, "eval": evals(run),
                          "ratio_rounds": rounds_s / out["inprocess"]["rounds_s"],
                          "peak_rss_mib_children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
     rows.append(["Flower simulation (Ray)", f"{total:.1f}", f"{rounds_s:.1f}", f"{startup:.1f}", f"{out['simulation']['ratio_rounds']:.2f}",
@@ -78,10 +83,16 @@ def main() -> None:
     report = json.loads(proc.stdout[proc.stdout.index("{"):])
     rounds_s = sum(sum(r["seconds"].values()) for r in report["rounds"])
     out["deployment"] = {"wall_s": total, "rounds_s": rounds_s, "ok": report["ok"], "startup_s": total - rounds_s,
+                         "eval": [r["eval"] for r in report["rounds"]],
                          "ratio_rounds": rounds_s / out["inprocess"]["rounds_s"]}
     rows.append(["Flower deployment (loopback)", f"{total:.1f}", f"{rounds_s:.1f}", f"{total - rounds_s:.1f}",
                  f"{out['deployment']['ratio_rounds']:.2f}", "(separate processes)"])
     print(table(rows, ["engine", "wall s", "rounds s", "start-up s", "rounds / in-process", "peak RSS MiB"]))
+    for engine in ("simulation", "deployment"):  # the same metrics as in-process (float tolerance)?
+        diffs = [abs(a["loss"] - b["loss"]) for a, b in zip(reference, out[engine]["eval"])]
+        same_acc = [a["accuracy"] == b["accuracy"] for a, b in zip(reference, out[engine]["eval"])]
+        out[engine]["max_loss_diff"], out[engine]["same_accuracy"] = max(diffs), all(same_acc)
+        print(f"{engine}: eval loss differs from in-process by at most {max(diffs):.2e}; accuracy equal every round: {all(same_acc)}")
     print("wrote", write("flower_overhead", {"clients": args.clients, "rounds": args.rounds, "local_steps": args.local_steps,
                                              **out}))
 

@@ -38,6 +38,9 @@ class Backend(Protocol):
     def save_adapter(self, adapter_config: dict, payload: Any, folder) -> None:
         """The global adapter as a PEFT folder."""
 
+    def state(self) -> dict:
+        """What the server checkpoint records about the backend (JSON), e.g. Flower's node -> client map."""
+
     def close(self) -> None: ...
 
 
@@ -87,6 +90,9 @@ class InProcessBackend:
         from ..training.client import save_adapter
 
         save_adapter(self.base, adapter_config, payload, folder)
+
+    def state(self) -> dict:
+        return {"backend": "inprocess"}
 
     def close(self) -> None:
         pass

@@ -213,6 +213,7 @@ def federated_rounds(run: Run, first: int, progress: Progress | None = None) -> 
 
 def server_state(run: Run) -> dict:
     return {"round": len(run.rows), "rows": run.rows, "plan": run.plan.to_json(), "max_rank": run.max_rank, "measured": run.measured,
+            "backend": run.backend.state(),
             "local_scores": {k: v.tolist() for k, v in run.local_scores.items()} if run.local_scores is not None else None,
             "global_score": run.global_score.tolist() if run.global_score is not None else None}
 

@@ -2,8 +2,7 @@
 checkpoints and ``--resume`` are the executor's own (``federated.loop``), run inside the ServerApp.
 
 Node ids map to plan clients through each node's ``partition-id`` (the k-th client of the fleet
-is partition k), learned in a first query round; the map is written into the run folder
-(``flower_nodes.json``). Flower's ``context.state`` does not survive a restart; our checkpoint does.
+is partition k), learned in a first query round; the map is recorded in every checkpoint's ``server.json``. Flower's ``context.state`` does not survive a restart; our checkpoint does.
 """
 from __future__ import annotations
 
@@ -80,6 +79,10 @@ class FlowerBackend:
 
     def save_adapter(self, adapter_config, payload, folder):
         self.local.save_adapter(adapter_config, payload, folder)
+
+    def state(self) -> dict:
+        """Recorded in every checkpoint; a resumed run learns the map again (node ids change when nodes restart)."""
+        return {"backend": "flower", "node_of": dict(self.node_of)}
 
     def close(self) -> None:
         self.local.close()

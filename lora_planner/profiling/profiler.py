@@ -68,6 +68,17 @@ def _block_frozen_bytes(config, task: str, dtype: str, prefix: str) -> int:
     return sum(t.numel() * t.element_size() for t in list(block.parameters()) + list(block.buffers()))
 
 
+def require_torch_extra() -> None:
+    """Profiling runs the model: torch, transformers and peft must be importable (checked here, in the parent,
+    so a missing one is one line and not a traceback from a worker process)."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "transformers", "peft") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise LoraPlannerError("profile", "run where torch, transformers and peft are installed", f"no {', '.join(missing)}",
+                               "Install the torch extra: pip install -c constraints.txt -e '.[torch]'.")
+
+
 def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: str = "bf16", task: str | None = None,
                   num_labels: int = 2, target_modules: Sequence[str] | None = None, method: str = "traced",
                   validate: int = 10, seed: int = 0, name: str | None = None, workers: int | None = None,
@@ -99,6 +110,7 @@ def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: st
     path = config_path(model)
     if path is None or not path.is_file():
         load_config(model)  # not a model we can read: its one-line error, before any worker starts
+    require_torch_extra()
     t_start = time.perf_counter()
     # Workers start importing torch, transformers, peft and the modeling code at once, and read the
     # config themselves: this process imports none of them.

@@ -151,6 +151,8 @@ def server_step(W_A, W_B, A, B, eta: float):
     """W ← W + η (agg − W) on both factors, W padded to the aggregate's rank first."""
     import torch
 
+    if eta == 1.0:  # W + (agg − W) rounds differently from agg: take agg itself (then STAgg is FedAvg to the bit)
+        return A, B
     if W_A.shape[0] < A.shape[0]:
         W_A, W_B = pad(W_A, W_B, A.shape[0])
     return torch.lerp(W_A, A, eta), torch.lerp(W_B, B, eta)

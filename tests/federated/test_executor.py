@@ -87,8 +87,8 @@ def test_stagg_with_identical_full_plans_equals_fedavg_over_a_whole_run(tmp_path
     a, b = final_tensors(fedavg), final_tensors(stagg)
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-    assert [r["eval"]["accuracy"] for r in rows(fedavg)] == [r["eval"]["accuracy"] for r in rows(stagg)]
+        assert torch.equal(a[k], b[k]), k  # to the bit: every module updated every round gives eta = 1 exactly
+    assert [r["eval"] for r in rows(fedavg)] == [r["eval"] for r in rows(stagg)]
 
 
 def test_flora_clients_merge_the_stack_and_final_equals_the_summed_delta(tmp_path, tiny_bert_folder, banking_small, bert_profile):

@@ -65,9 +65,6 @@ class Registry(Mapping[str, Plugin[T]]):
             raise LoraPlannerError(self.parameter, f"an installed {self.kind}", name, plugin.install)
         return plugin
 
-    def available_names(self) -> list[str]:
-        return [n for n, p in self._items.items() if p.available()]
-
     def __getitem__(self, name: str) -> Plugin[T]:
         return self._items[name]
 

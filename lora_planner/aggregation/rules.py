@@ -36,10 +36,6 @@ class GlobalAdapter:
     extras: dict[str, Any] = field(default_factory=dict)
     base_delta: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def merge(self) -> bool:
-        return bool(self.base_delta)
-
 
 @dataclass(frozen=True)
 class ClientPayload:

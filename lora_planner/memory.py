@@ -131,8 +131,18 @@ def top_extra(t: ShapeTerms, ranks: Mapping[str, int], order_of: Mapping[str, in
 
 
 def low_block_cost(terms: Mapping[str, float], adapted: set[str], profile: ModelProfile) -> float:
-    """Traversal of the lowest block: max over group subsets T within the adapted set of terms[T]."""
-    return max(terms[key] for key, members in profile.low_key_sets() if members <= adapted)
+    """Traversal of the lowest block: per parallel branch of the block, the max over the group subsets T
+    within the adapted set of terms[T] (a deeper traversal includes the later ones); the branches add up
+    (ModuleInfo.branch: backward walks each of GPT-NeoX's parallel attention and MLP branches on its own)."""
+    best: dict[int, float] = {}
+    branch_of = profile.branch_of_key
+    for key, members in profile.low_key_sets():
+        if members <= adapted:
+            b = branch_of[key]
+            best[b] = max(best[b], terms[key]) if b in best else terms[key]
+    if len(best) == 1:
+        return next(iter(best.values()))
+    return sum(max(v, 0.0) for v in best.values())  # as solvers.problem (each branch at least 0): never less
 
 
 def predict_phases(profile: ModelProfile, assignment: Assignment, batch: int | None = None, seq: int | None = None,

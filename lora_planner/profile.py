@@ -69,6 +69,10 @@ class ModuleInfo:
     out_features: int
     group: str  # modules of one group read the same input tensor (stored once)
     order: int  # position in the block's forward pass
+    # Parallel branches of the block (GPT-NeoX's parallel attention and MLP: x + attn(ln1 x) + mlp(ln2 x)):
+    # backward traverses each branch separately, so the lowest block's traversal terms of two branches add
+    # up, where within one branch the deeper traversal includes the later one. Sequential blocks: one branch.
+    branch: int = 0
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,12 @@ class ModelProfile:
     @cached_property
     def _low_key_sets(self) -> list[tuple[str, frozenset]]:
         return [(subset_key(t), frozenset(t)) for subs in group_subsets(self.modules).values() for t in subs]
+
+    @cached_property
+    def branch_of_key(self) -> dict[str, int]:
+        """Key of a group subset -> the block branch its group lies on (0 for sequential blocks)."""
+        branch = {m.name: m.branch for m in self.modules}
+        return {key: branch[next(iter(members))] for key, members in self._low_key_sets}
 
     @cached_property
     def group_of(self) -> dict[str, str]:

@@ -240,3 +240,73 @@ def summarize(rows: list[dict]) -> dict:
         "worst_under_prediction": -min(min(errs), 0.0) if errs else math.nan,
         "rows": rows,
     }
+
+
+# ---- parallel branches (GPT-NeoX: x + attn(ln1 x) + mlp(ln2 x)) --------------------------------
+
+def branch_probes(modules: Sequence[ModuleInfo], top: int) -> list[tuple[str, str, Assignment]]:
+    """For every pair of input groups, their deepest members (first in forward order) together in the
+    block below the top, as the lowest block: does its traversal cost the larger of the two terms (one
+    branch: the deeper traversal includes the other) or their sum (parallel branches)?"""
+    first: dict[str, ModuleInfo] = {}
+    for m in sorted(modules, key=lambda m: m.order):
+        first.setdefault(m.group, m)
+    groups = list(first)
+    return [(g, h, {(top - 1, first[g].name): R0, (top - 1, first[h].name): R0})
+            for i, g in enumerate(groups) for h in groups[i + 1:]]
+
+
+def assign_branches(modules: Sequence[ModuleInfo], probes, peaks: Sequence[Mapping[str, int]],
+                    terms: Mapping[str, Mapping[tuple[str, str], float]], min_bytes: float = 4096.0,
+                    ) -> tuple[tuple[ModuleInfo, ...], list[dict]]:
+    """Modules with ``branch`` set from the probe traces (``branch_probes``), given the terms fitted at the
+    probes' shape. Two groups are on parallel branches when the probe's peak is nearer the sum of their
+    traversal terms than the larger one (and the smaller term is at least ``min_bytes``: otherwise both
+    rules agree and nothing is learnt). Groups found nested share a branch (union-find); a group nothing
+    was learnt about (its traversal term ~0) joins the first group's branch, so a sequential block stays
+    one branch and predicts exactly as before."""
+    import dataclasses
+
+    m0 = max(modules, key=lambda m: m.order).name
+    groups = sorted({m.group for m in modules}, key=lambda g: min(m.order for m in modules if m.group == g))
+    parent = {g: g for g in groups}
+
+    def find(g):
+        while parent[g] != g:
+            g = parent[g]
+        return g
+
+    sizes: dict[str, int] = {}
+    for m in modules:
+        sizes[m.group] = sizes.get(m.group, 0) + 1
+    report = []
+    for (g, h, a), peak in zip(probes, peaks):
+        rules = {"max": 0.0, "sum": 0.0}
+        smaller = math.inf
+        for phase in PHASES:
+            t = terms[phase]
+            base = t[("fixed", "")] + t[("path", "")]
+            base += sum(t[("group", grp)] for grp in {g, h} if sizes[grp] > 1)
+            base += sum(t[("module", n)] + r * t[("rank", n)] for (_, n), r in a.items())
+            pl = [t[("path_low", n)] if n != m0 else 0.0 for (_, n) in a]
+            rules["max"] = max(rules["max"], base + max(pl))
+            rules["sum"] = max(rules["sum"], base + sum(pl))
+            if phase == "bwd":
+                smaller = min(pl)
+        measured = max(peak.values())
+        known = smaller >= min_bytes
+        parallel = known and abs(measured - rules["sum"]) < abs(measured - rules["max"])
+        report.append({"groups": [g, h], "measured": measured, "max_rule": round(rules["max"]), "sum_rule": round(rules["sum"]),
+                       "parallel": parallel if known else None})
+        if known and not parallel:
+            parent[find(h)] = find(g)
+    decided = {g for r in report if r["parallel"] is not None for g in r["groups"]}
+    for g in groups:  # a group nothing was learnt about (its term ~0): with the first, as one branch would have it
+        if g not in decided:
+            parent[find(g)] = find(groups[0])
+    roots = []
+    for g in groups:
+        if find(g) not in roots:
+            roots.append(find(g))
+    branch = {g: roots.index(find(g)) for g in groups}
+    return tuple(dataclasses.replace(m, branch=branch[m.group]) for m in modules), report

@@ -138,6 +138,8 @@ def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, metho
     designs = [fit.design(disc.modules, FIT_LAYERS - 1, full=i < 2) for i in range(len(shapes))]
     small, full = (model, task, num_labels, FIT_LAYERS), (model, task, num_labels, None)  # configs, read by workers
     fit_jobs = [(small, task, dtype, disc.prefix, a, b, s, method, seed) for (b, s), d in zip(shapes, designs) for a in d]
+    probes = fit.branch_probes(disc.modules, FIT_LAYERS - 1)  # parallel branches? (GPT-NeoX)
+    fit_jobs += [(small, task, dtype, disc.prefix, a, batch_size, seq_len, method, seed) for _, _, a in probes]
     checks = [{(layer, m): 8 for m in targets} for layer in sorted({0, n_layers // 2, n_layers - 1})]
     checks += fit.random_assignments(draft.module_names, n_layers, max(validate - len(checks), 0), seed)
     checks = checks[:max(validate, 0)]
@@ -159,6 +161,8 @@ def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, metho
         known = fit.token_terms_at(per_shape, shape) if i >= 2 else None
         per_shape[shape], worst = fit.solve_terms(traces, disc.modules, FIT_LAYERS, known=known)
         residual = max(residual, worst)
+    modules, branch_report = fit.assign_branches(disc.modules, probes, peaks[start:], per_shape[shapes[0]])
+    disc = dataclasses.replace(disc, modules=modules)
     gap = (n_layers - FIT_LAYERS) * block_bytes
     phases = fit.assemble(per_shape, disc.modules, gap)
     conditions = {
@@ -168,6 +172,7 @@ def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, metho
         "gradient_checkpointing": False, "method": method, "lora_dropout": 0.0,
         "step": f"steady state: 2nd of 2 identical steps of {STEP_DESCRIPTION}",
         "fit_residual_bytes": round(residual, 1),
+        "branches": branch_report,
         "versions": _versions(),
     }
     profile = ModelProfile(name=draft.name, architecture=draft.architecture, task=task, num_layers=n_layers,

@@ -38,14 +38,15 @@ def solve_cpsat_one(problem: Problem, capacity: int, time_limit: float = 60.0) -
         model.add(act[l, problem.group_index[m]] >= a)
     # memory of every phase that can bind
     for pi in range(len(problem.phases)):
-        hi = int(max(problem.path_low[pi].max(), problem.top_low[pi].max()))
-        w = [model.new_int_var(0, hi, f"w{pi}_{l}") for l in range(L)]
-        for l in range(L):
+        hi = int(max(problem.path_low[pi].max(), problem.top_low[pi].max(), 0))
+        # traversal of the lowest block down to its adapted set: per block branch the largest term, summed
+        w = [model.new_int_var(0, hi, f"w{pi}_{l}_{b}") for l in range(L) for b in problem.branches]
+        for i, (l, b) in enumerate((l, b) for l in range(L) for b in problem.branches):
             low_terms = problem.top_low if l == L - 1 else problem.path_low
-            for j, members in enumerate(problem.low_sets):  # traversal of the lowest block down to its adapted set
+            for j, members in enumerate(problem.low_sets):
                 idx = [m for m in range(M) if members[m]]
-                if low_terms[pi, j] > 0:
-                    model.add(w[l] >= int(low_terms[pi, j]) * (y[l] + sum(adapted[l, m] for m in idx) - len(idx)))
+                if problem.low_branch[j] == b and low_terms[pi, j] > 0:
+                    model.add(w[i] >= int(low_terms[pi, j]) * (y[l] + sum(adapted[l, m] for m in idx) - len(idx)))
         # the top block's extra (Problem.option_costs), clamped at 0
         e = model.new_int_var(0, int(max(problem.top[pi].max(), 0)), f"e{pi}")
         for i, t, later in problem.top_moments(pi):

@@ -48,13 +48,15 @@ def solve_milp_one(problem: Problem, capacity: int, backend: str = "cbc", time_l
         lp += act[l, problem.group_index[m]] >= a
     # memory of every phase that can bind
     for pi in range(len(problem.phases)):
-        w = [pulp.LpVariable(f"w_{pi}_{l}", lowBound=0) for l in range(L)]
-        for l in range(L):
+        # traversal of the lowest block down to its adapted set: per block branch the largest term, summed
+        cells = [(l, b) for l in range(L) for b in problem.branches]
+        w = [pulp.LpVariable(f"w_{pi}_{l}_{b}", lowBound=0) for l, b in cells]
+        for i, (l, b) in enumerate(cells):
             low_terms = problem.top_low if l == L - 1 else problem.path_low
-            for j, members in enumerate(problem.low_sets):  # traversal of the lowest block down to its adapted set
+            for j, members in enumerate(problem.low_sets):
                 idx = [m for m in range(M) if members[m]]
-                if low_terms[pi, j] > 0:
-                    lp += w[l] >= int(low_terms[pi, j]) * (y[l] + pulp.lpSum(adapted[l, m] for m in idx) - len(idx))
+                if problem.low_branch[j] == b and low_terms[pi, j] > 0:
+                    lp += w[i] >= int(low_terms[pi, j]) * (y[l] + pulp.lpSum(adapted[l, m] for m in idx) - len(idx))
         # the top block's extra (Problem.option_costs), clamped at 0
         e = pulp.LpVariable(f"e_{pi}", lowBound=0)
         for i, t, later in problem.top_moments(pi):

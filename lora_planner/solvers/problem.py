@@ -33,6 +33,7 @@ class Problem:
     fixed: np.ndarray  # [P]
     path: np.ndarray  # [P]
     low_sets: np.ndarray  # [J, M] bool: group subsets of the targets that carry a lowest-block term
+    low_branch: np.ndarray  # [J] the block branch of each subset: per branch the max term counts, branches add up
     path_low: np.ndarray  # [P, J] traversal of the lowest block down to subset j
     top_low: np.ndarray  # [P, J] the same when the lowest block is the top block
     group_index: tuple[int, ...]  # [M] -> group number
@@ -47,6 +48,10 @@ class Problem:
     act: np.ndarray  # [P, M, R] activations of module m at rank r (its terms minus its weights' state)
     after: np.ndarray  # [M, M] bool: target j runs after target i in the forward pass
     value: np.ndarray  # [L, M, R]
+
+    @property
+    def branches(self) -> list[int]:
+        return sorted(set(self.low_branch.tolist()))
 
     @property
     def num_layers(self) -> int:
@@ -85,7 +90,9 @@ class Problem:
         if lowest:
             low_terms = self.top_low if top else self.path_low  # [P, J]
             applies = (on[:, None, :] | ~self.low_sets[None]).all(-1)  # [K, J]: subset j within the option
-            cost = cost + np.where(applies[None], low_terms[:, None, :], 0).max(-1)
+            for b in self.branches:
+                inside = applies & (self.low_branch == b)[None]
+                cost = cost + np.where(inside[None], low_terms[:, None, :], 0).max(-1)
         return cost
 
     # ---- the same terms as rows of the linear models (CP-SAT, MILP) -----------------------------
@@ -182,6 +189,7 @@ def build_problem(profile: ModelProfile, targets: tuple[str, ...], ranks: tuple[
         fixed=np.array([_units(terms[p].fixed, unit) for p in keep], dtype=np.int64),
         path=np.array([_units(terms[p].path, unit) for p in keep], dtype=np.int64),
         low_sets=low_sets,
+        low_branch=np.array([profile.branch_of_key[k] for k in set_keys], dtype=np.int64),
         path_low=np.array([[_units(terms[p].path_low[k], unit) for k in set_keys] for p in keep], dtype=np.int64),
         top_low=np.array([[_units(terms[p].top_low[k], unit) for k in set_keys] for p in keep], dtype=np.int64),
         group_index=gidx,

@@ -1,7 +1,8 @@
-"""Predicted vs measured peak on real CPU execution, 4 architectures x 20 random LoRA assignments.
+"""Predicted vs measured peak on real CPU execution, 5 architectures x 20 random LoRA assignments.
 
 Architectures: all-MiniLM-L6-v2 (BERT encoder, seq-cls), GPT-2 (Conv1D, tied), Qwen2.5-0.5B
-(grouped-query attention, tied embeddings), and a Llama-style model (8 blocks x 1024 wide).
+(grouped-query attention, tied embeddings), a Llama-style model (8 blocks x 1024 wide) and a
+GPT-NeoX-style one (fused query_key_value, parallel attention and MLP residual; 6 blocks x 256).
 Measured = the same step on real tensors (random weights) with the live-bytes tracker; the
 reference in the same run is the parameter-only rule of thumb.
 
@@ -32,8 +33,13 @@ from lora_planner.profiling.trace import trace_assignment
 LLAMA_STYLE = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 1024, "intermediate_size": 2816,
                "num_hidden_layers": 8, "num_attention_heads": 16, "num_key_value_heads": 16, "vocab_size": 32000,
                "max_position_embeddings": 2048, "tie_word_embeddings": False}
+NEOX_STYLE = {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", "hidden_size": 256, "intermediate_size": 1024,
+              "num_hidden_layers": 6, "num_attention_heads": 4, "vocab_size": 2048, "max_position_embeddings": 512,
+              "use_parallel_residual": True, "rotary_pct": 0.25, "tie_word_embeddings": False}
+OWN = {"llama-style": LLAMA_STYLE, "neox-style": NEOX_STYLE}  # our own configs (no shipped profile)
 MODELS = [("all-minilm-l6-v2", "encoder (BERT)", "seq-cls"), ("gpt2", "GPT-2", "causal-lm"),
-          ("qwen2.5-0.5b", "GQA + tied embeddings", "causal-lm"), ("llama-style", "Llama-style", "causal-lm")]
+          ("qwen2.5-0.5b", "GQA + tied embeddings", "causal-lm"), ("llama-style", "Llama-style", "causal-lm"),
+          ("neox-style", "GPT-NeoX-style (parallel residual)", "causal-lm")]
 
 
 def main() -> None:
@@ -45,10 +51,12 @@ def main() -> None:
     args = ap.parse_args()
     wanted = args.models.split(",")
     tmp = Path(tempfile.mkdtemp())
-    (tmp / "config.json").write_text(json.dumps(LLAMA_STYLE))
+    for own, body in OWN.items():
+        (tmp / own).mkdir()
+        (tmp / own / "config.json").write_text(json.dumps(body))
     rows, detail = [], {}
     for name, kind, task in [m for m in MODELS if m[0] in wanted]:
-        src = str(tmp / "config.json") if name == "llama-style" else name
+        src = str(tmp / name / "config.json") if name in OWN else name
         t = time.perf_counter()
         prof = profile_model(src, batch_size=2, seq_len=args.seq_len, dtype=args.dtype, task=task, validate=0, name=name)
         t_prof = time.perf_counter() - t

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from .errors import LoraPlannerError
-from .profile import TERM_KINDS, ModelProfile, basis, fit_shapes
+from .profile import CKPT_KINDS, TERM_KINDS, ModelProfile, basis, fit_shapes
 
 Assignment = Mapping[tuple[int, str], int]
 
@@ -30,6 +30,10 @@ class ShapeTerms:
     top: Mapping[str, float]
     top_rank: Mapping[str, float]
     static: Mapping[str, float]  # per module, per unit of rank: adapter weights alive in this phase
+    above: Mapping[str, float] = None  # gradient checkpointing only: the adapters of blocks above / below
+    above_rank: Mapping[str, float] = None
+    below: Mapping[str, float] = None
+    below_rank: Mapping[str, float] = None
 
 
 def _dot(c, b) -> float:
@@ -46,8 +50,8 @@ def evaluate(profile: ModelProfile, batch: int | None = None, seq: int | None = 
     for phase, t in profile.phases.items():
         out[phase] = ShapeTerms(
             fixed=_dot(t.fixed, b), path=_dot(t.path, b),
-            **{k: {n: _dot(v, b) for n, v in getattr(t, k).items()} for k in TERM_KINDS if k not in ("fixed", "path")},
-            static=static_per_rank(profile, phase),
+            **{k: {n: _dot(v, b) for n, v in getattr(t, k).items()} for k in TERM_KINDS + CKPT_KINDS if k not in ("fixed", "path")},
+            static=static_per_rank(profile, phase.rstrip("@")),
         )
     return out
 
@@ -155,6 +159,8 @@ def predict_phases(profile: ModelProfile, assignment: Assignment, batch: int | N
     per_layer: dict[int, dict[str, int]] = {}
     for (layer, module), rank in assignment.items():
         per_layer.setdefault(layer, {})[module] = rank
+    if profile.checkpointed:
+        return _predict_checkpointed(profile, per_layer, terms)
     low = min(per_layer)
     out = {}
     for phase, t in terms.items():
@@ -162,6 +168,33 @@ def predict_phases(profile: ModelProfile, assignment: Assignment, batch: int | N
         for layer in range(low, profile.num_layers):
             total += layer_cost(t, per_layer.get(layer, {}), profile, lowest=(layer == low), top=(layer == profile.num_layers - 1))
         out[phase] = int(math.ceil(total))
+    return out
+
+
+def checkpointed_block_costs(t: ShapeTerms, per_layer: Mapping[int, Mapping[str, int]], profile: ModelProfile) -> list[float]:
+    """Gradient checkpointing: one block phase's peak while each block runs (profiling/ckpt_fit.py)."""
+    L, top, group_of = profile.num_layers, profile.num_layers - 1, profile.group_of
+    above = [sum(t.above[m] + r * t.above_rank[m] for m, r in per_layer.get(l, {}).items()) for l in range(L)]
+    below = [sum(t.below[m] + r * t.below_rank[m] for m, r in per_layer.get(l, {}).items()) for l in range(L)]
+    out, under = [], 0.0
+    over = sum(above)
+    for l in range(L):
+        ranks = per_layer.get(l, {})
+        over -= above[l]
+        own = sum(t.group.get(g, 0.0) for g in {group_of[m] for m in ranks}) + sum(t.module[m] + r * t.rank[m] for m, r in ranks.items())
+        out.append(t.fixed - (top - l) * t.path + own + over + under)
+        under += below[l]
+    return out
+
+
+def _predict_checkpointed(profile: ModelProfile, per_layer, terms) -> dict[str, int]:
+    out = {}
+    for phase, t in terms.items():
+        if phase.endswith("@"):
+            out[phase] = int(math.ceil(max(checkpointed_block_costs(t, per_layer, profile))))
+        else:
+            out[phase] = int(math.ceil(t.fixed + sum(t.module[m] + r * t.rank[m] for ranks in per_layer.values()
+                                                     for m, r in ranks.items())))
     return out
 
 

@@ -73,6 +73,7 @@ class Plan:
     clients: tuple[ClientPlan, ...]
     seconds: float = 0.0
     importance: str = "uniform"  # which layer value the plan maximised: the profile's method, a prior, or "custom"
+    gradient_checkpointing: bool = False  # the profile's lever: every client trains with checkpointing on
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -285,4 +286,5 @@ def plan_fleet(profile: ModelProfile, clients: Sequence[ClientSpec], solver: str
         planned.update(_plan_rank_class(setting, rset, group, memo))
     return Plan(profile=profile.name, profile_checksum=profile.to_json()["checksum"], batch_size=batch, seq_len=seq,
                 solver=solver, target_modules=targets, ranks=ranks, clients=tuple(planned[c.id] for c in clients),
-                seconds=round(time.perf_counter() - t0, 4), importance=importance_name)
+                seconds=round(time.perf_counter() - t0, 4), importance=importance_name,
+                gradient_checkpointing=profile.checkpointed)

@@ -24,6 +24,11 @@ SCHEMA_VERSION = 4  # 3: module terms measured in a middle block, plus per-modul
 BASIS = ("1", "T", "T*S", "S^2")
 PHASES = ("fwd", "loss", "bwd", "opt")
 TERM_KINDS = ("fixed", "path", "path_low", "top_low", "group", "module", "rank", "top", "top_rank")
+# Gradient checkpointing (conditions["gradient_checkpointing"]): two more phases, one peak per block each
+# ("fwd@", "bwd@": memory.py takes the largest over the blocks), whose terms also count the adapters of the
+# blocks above and below the one running (``above``, ``below``; profiling/ckpt_fit.py).
+BLOCK_KINDS = ("fwd@", "bwd@")
+CKPT_KINDS = ("above", "above_rank", "below", "below_rank")
 
 Coeffs = tuple[float, ...]
 
@@ -102,6 +107,10 @@ class PhaseTerms:
     rank: Mapping[str, Coeffs]
     top: Mapping[str, Coeffs]
     top_rank: Mapping[str, Coeffs]
+    above: Mapping[str, Coeffs] = field(default_factory=dict)
+    above_rank: Mapping[str, Coeffs] = field(default_factory=dict)
+    below: Mapping[str, Coeffs] = field(default_factory=dict)
+    below_rank: Mapping[str, Coeffs] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -173,6 +182,11 @@ class ModelProfile:
         return tuple(out)
 
     @property
+    def checkpointed(self) -> bool:
+        """Profiled with gradient checkpointing on (its terms are per block phase: profiling/ckpt_fit.py)."""
+        return bool(self.conditions.get("gradient_checkpointing", False))
+
+    @property
     def batch_size(self) -> int:
         return int(self.conditions["batch_size"])
 
@@ -235,6 +249,7 @@ def profile_from_json(body: Mapping[str, Any], source: str = "profile") -> Model
             p: PhaseTerms(
                 fixed=tuple(t["fixed"]), path=tuple(t["path"]),
                 **{k: {n: tuple(c) for n, c in t[k].items()} for k in TERM_KINDS if k not in ("fixed", "path")},
+                **{k: {n: tuple(c) for n, c in t.get(k, {}).items()} for k in CKPT_KINDS},
             )
             for p, t in body["phases"].items()
         }
@@ -274,14 +289,34 @@ def profiles_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "profiles"
 
 
+# A shipped profile per model and condition set: profiles/NAME.json (plain: no lever), profiles/NAME@gc.json
+# (gradient checkpointing on).
+CONDITION_SUFFIX = {"plain": "", "gradient-checkpointing": "@gc"}
+
+
 def shipped_models() -> list[str]:
     d = profiles_dir()
-    return sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
+    return sorted(p.stem for p in d.glob("*.json") if "@" not in p.stem) if d.is_dir() else []
 
 
-def shipped_profile(name: str) -> ModelProfile:
-    """The shipped profile of a model name such as 'llama-2-7b'."""
+def shipped_conditions() -> dict[str, list[str]]:
+    """Model name -> the condition sets it has a shipped profile for."""
+    d = profiles_dir()
+    out: dict[str, list[str]] = {}
+    for name in shipped_models():
+        out[name] = [c for c, suffix in CONDITION_SUFFIX.items() if (d / f"{name}{suffix}.json").is_file()]
+    return out
+
+
+def shipped_profile(name: str, gradient_checkpointing: bool = False) -> ModelProfile:
+    """The shipped profile of a model name such as 'llama-2-7b' (and a condition set)."""
     known = shipped_models()
     if name not in known:
         raise LoraPlannerError("--model", "a shipped model name", name, nearest(name, known) + " Or pass --profile FILE.")
-    return load_profile(profiles_dir() / f"{name}.json")
+    suffix = CONDITION_SUFFIX["gradient-checkpointing" if gradient_checkpointing else "plain"]
+    path = profiles_dir() / f"{name}{suffix}.json"
+    if not path.is_file():
+        have = ", ".join(shipped_conditions()[name])
+        raise LoraPlannerError("--gradient-checkpointing", f"a condition shipped for {name} ({have})", "on",
+                               f"Profile it: lora-planner profile {name} --gradient-checkpointing -o p.json, then --profile p.json.")
+    return load_profile(path)

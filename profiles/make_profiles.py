@@ -1,4 +1,4 @@
-"""Regenerate every shipped profile: `python profiles/make_profiles.py [NAME ...]`.
+"""Regenerate every shipped profile: `python profiles/make_profiles.py [--gradient-checkpointing] [NAME ...]`.
 
 Shipped profiles: batch 1 x 512 tokens, bf16 frozen weights, PEFT's default adapter dtype (fp32),
 AdamW, transformers' default attention, no gradient checkpointing, every linear module in the
@@ -21,14 +21,16 @@ def main(names: list[str]) -> None:
     from lora_planner.profiling import profile_model
     from lora_planner.cli.profile_cmd import report
 
+    ckpt = "--gradient-checkpointing" in names
+    names = [n for n in names if n != "--gradient-checkpointing"]
     for name in names or SHIPPED:
         t = time.perf_counter()
-        profile = profile_model(name, batch_size=1, seq_len=512, dtype="bf16", validate=10, name=name)
+        profile = profile_model(name, batch_size=1, seq_len=512, dtype="bf16", validate=10, name=name, gradient_checkpointing=ckpt)
         worst = profile.validation["max_abs_rel_error"]
         if worst > TOLERANCE:  # the same gate as `lora-planner profile --tolerance`
             print(f"{name}: NOT written, max validation error {worst:.2%} > {TOLERANCE:.0%}", flush=True)
             continue
-        profile.save(HERE / f"{name}.json")
+        profile.save(HERE / f"{name}{'@gc' if ckpt else ''}.json")
         print(report(profile).splitlines()[-3:], f"{time.perf_counter() - t:.1f}s", flush=True)
 
 

@@ -12,13 +12,22 @@ def add_profile_args(p, required: bool = True) -> None:
     g = p.add_mutually_exclusive_group(required=False)
     g.add_argument("--profile", metavar="FILE", help="a profile JSON made by `lora-planner profile`")
     g.add_argument("--model", metavar="NAME", help="a shipped model profile, e.g. llama-2-7b (see `lora-planner profile --list`)")
+    p.add_argument("--gradient-checkpointing", choices=("on", "off"), default=None,
+                   help="with --model: the shipped profile made with checkpointing on or off (default off); with --profile: "
+                        "checked against the profile's own condition")
 
 
 def get_profile(args) -> ModelProfile:
+    lever = getattr(args, "gradient_checkpointing", None)
     if args.profile:
-        return load_profile(args.profile)
+        profile = load_profile(args.profile)
+        if lever is not None and (lever == "on") != profile.checkpointed:
+            raise LoraPlannerError("--gradient-checkpointing", f"the condition {args.profile} was profiled under "
+                                   f"({'on' if profile.checkpointed else 'off'})", lever,
+                                   "Drop the flag, or profile again with(out) `lora-planner profile --gradient-checkpointing`.")
+        return profile
     if args.model:
-        return shipped_profile(args.model)
+        return shipped_profile(args.model, gradient_checkpointing=lever == "on")
     raise LoraPlannerError("--profile/--model", "given", "neither", "Pass --model llama-2-7b or --profile FILE.")
 
 

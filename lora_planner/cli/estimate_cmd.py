@@ -40,6 +40,7 @@ def estimate(profile, cfg: dict, batch: int | None, seq: int | None, reserve_byt
         "predicted_tensor_bytes": tensor, "reserve_bytes": reserve_bytes, "predicted_bytes": tensor + reserve_bytes,
         "phase_bytes": phases, "binding_phase": max(phases, key=phases.get),
         "rule_of_thumb_bytes": rule_of_thumb_bytes(profile, a),
+        "gradient_checkpointing": profile.checkpointed,
         "note": shape_note(profile, batch, seq),
     }
 
@@ -53,7 +54,8 @@ def run(args) -> int:
         return 0
     print(f"{result['model']}: {result['adapted_modules']} adapted modules in {len(result['layers'])} layers, "
           f"{result['trainable_params']:,} trainable params, batch {result['batch_size']} x {result['seq_len']}")
-    print(f"  predicted peak tensors  {format_size(result['predicted_tensor_bytes'])}  (binding phase: {result['binding_phase']})")
+    print(f"  predicted peak tensors  {format_size(result['predicted_tensor_bytes'])}  (binding phase: {result['binding_phase']}; "
+          f"gradient checkpointing {'on' if result['gradient_checkpointing'] else 'off'}, from the profile)")
     print(f"  reserve                 {format_size(result['reserve_bytes'])}")
     print(f"  predicted total         {format_size(result['predicted_bytes'])}")
     print(f"  params-only estimate    {format_size(result['rule_of_thumb_bytes'])}  (what parameter calculators say; no activations)")

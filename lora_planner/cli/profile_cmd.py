@@ -30,7 +30,9 @@ def register(sub) -> None:
     p = sub.add_parser("profile", help="measure per-layer LoRA training memory of a model", epilog=EXAMPLES.format(scores=scores),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", metavar="MODEL", help="shipped model name, local Hugging Face folder, or config.json path")
-    p.add_argument("--list", action="store_true", help="list shipped model configs and exit")
+    p.add_argument("--list", action="store_true", help="list shipped model configs and the shipped profiles' conditions, and exit")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="profile the step with gradient checkpointing on (non-reentrant, input embeddings requiring grad)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=1)
     p.add_argument("--seq-len", type=positive_int("--seq-len"), default=512)
     p.add_argument("--dtype", default="bf16", help="frozen weights: bf16 | fp16 | fp32 (default bf16)")
@@ -61,9 +63,13 @@ def register(sub) -> None:
 
 def run(args) -> int:
     if args.list:
-        from ..profiling.build import shipped_configs
+        from ..profile import shipped_conditions
+        from ..profiling.config import shipped_configs
 
-        print("\n".join(shipped_configs()))
+        conditions = shipped_conditions()
+        for name in shipped_configs():
+            sets = conditions.get(name)
+            print(f"{name:18s} {', '.join(sets) if sets else '(config only: profile it yourself)'}")
         return 0
     if not args.model:
         raise LoraPlannerError("MODEL", "given", "nothing", "Pass a shipped name (see --list), a folder or a config.json.")
@@ -75,7 +81,8 @@ def run(args) -> int:
     targets = [t.strip() for t in args.target_modules.split(",") if t.strip()] if args.target_modules else None
     profile = profile_model(args.model, batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype, task=args.task,
                             num_labels=args.num_labels, target_modules=targets, method=args.method, validate=args.validate,
-                            name=args.name, workers=args.workers, progress=progress_factory())
+                            name=args.name, workers=args.workers, progress=progress_factory(),
+                            gradient_checkpointing=args.gradient_checkpointing)
     if importance:
         import dataclasses
 

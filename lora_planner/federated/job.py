@@ -119,7 +119,8 @@ def training_profile(s: RunSettings, progress=None) -> ModelProfile:
     from ..profiling import profile_model
 
     return profile_model(s.model, batch_size=s.batch_size, seq_len=s.seq_len, dtype=s.dtype, task=s.task,
-                         num_labels=s.num_labels, validate=2, seed=s.seed, progress=progress)
+                         num_labels=s.num_labels, validate=2, seed=s.seed, progress=progress,
+                         gradient_checkpointing=s.gradient_checkpointing)
 
 
 def check_profile(job: Job) -> None:
@@ -129,6 +130,10 @@ def check_profile(job: Job) -> None:
     dtype = p.conditions.get("dtype")
     if dtype and dtype != s.dtype:
         raise LoraPlannerError("profile", f"a profile made at --dtype {s.dtype}", dtype, "Profile at the training dtype.")
+    if p.checkpointed != s.gradient_checkpointing:
+        want = "on" if s.gradient_checkpointing else "off"
+        raise LoraPlannerError("profile", f"a profile made with gradient checkpointing {want}", "on" if p.checkpointed else "off",
+                               "Profile with the lever as training uses it (`lora-planner profile --gradient-checkpointing`).")
     if job.fixed_plan is not None:
         from ..memory import check_assignment
 

@@ -86,6 +86,7 @@ class RunSettings:
     round_timeout: float = 600.0  # seconds a round waits for replies (flower); a dead node costs this much
     num_supernodes: int = 0  # flower simulation: nodes to start (0: one per fleet client)
     measure: str = "new"  # measure a client's peak when its config is new ("new"), every round ("every"), or "never"
+    gradient_checkpointing: bool = False  # every client trains with it on (training.levers); the profile is traced so
 
     def resolved(self) -> "RunSettings":
         """The method's defaults filled in where the overrides are empty."""

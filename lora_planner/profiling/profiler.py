@@ -32,7 +32,7 @@ def _config(model: str, task: str | None, num_labels: int, layers: int | None = 
     return truncated(config, layers) if layers else config
 
 
-def _structure(model: str, task: str | None, num_labels: int, dtype: str):
+def _structure(model: str, task: str | None, num_labels: int, dtype: str, gradient_checkpointing: bool = False):
     """The config's facts, discovery, one block's frozen bytes and PEFT's default target names:
     run in a trace worker, so the calling process imports none of transformers, peft or torch."""
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as MAP
@@ -50,6 +50,8 @@ def _structure(model: str, task: str | None, num_labels: int, dtype: str):
     try:
         disc = discover(config, task, dtype)
         frozen = _block_frozen_bytes(config, task, dtype, disc.prefix)
+        if gradient_checkpointing:
+            _check_checkpointing(config, task, dtype)
     except LoraPlannerError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a model we cannot build raises, the user gets one line
@@ -68,6 +70,13 @@ def _block_frozen_bytes(config, task: str, dtype: str, prefix: str) -> int:
     return sum(t.numel() * t.element_size() for t in list(block.parameters()) + list(block.buffers()))
 
 
+def _check_checkpointing(config, task: str, dtype: str) -> None:
+    from ..training.levers import set_gradient_checkpointing
+    from .build import build_base
+
+    set_gradient_checkpointing(build_base(truncated(config, 1), task, dtype, meta=True), True)  # one line if unsupported
+
+
 def require_torch_extra() -> None:
     """Profiling runs the model: torch, transformers and peft must be importable (checked here, in the parent,
     so a missing one is one line and not a traceback from a worker process)."""
@@ -82,7 +91,8 @@ def require_torch_extra() -> None:
 def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: str = "bf16", task: str | None = None,
                   num_labels: int = 2, target_modules: Sequence[str] | None = None, method: str = "traced",
                   validate: int = 10, seed: int = 0, name: str | None = None, workers: int | None = None,
-                  progress: Callable[[str, int], Callable[[], None]] | None = None) -> ModelProfile:
+                  progress: Callable[[str, int], Callable[[], None]] | None = None,
+                  gradient_checkpointing: bool = False) -> ModelProfile:
     """Profile one model's training memory (DESIGN §4) and validate the separable model.
 
     Args:
@@ -95,6 +105,8 @@ def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: st
         validate: number of full-depth assignments to validate on (at least 10 recommended).
         workers: trace processes (default: one per CPU core, at most 2 on CPU tracing).
         progress: ``progress(label, total)`` returns a callable ticked once per trace.
+        gradient_checkpointing: profile the step with checkpointing on (``training.levers``, as the
+            executor turns it on); the terms are then per block phase (``ckpt_fit``).
 
     Raises:
         LoraPlannerError: on any bad argument (one line each).
@@ -116,12 +128,12 @@ def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: st
     # config themselves: this process imports none of them.
     with _TracePool(workers, method, modeling_module(model)) as pool:
         return _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, method, validate, seed, name, model,
-                        progress, pool, t_start)
+                        progress, pool, t_start, bool(gradient_checkpointing))
 
 
 def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, method, validate, seed, name, model, progress,
-             pool, t_start) -> ModelProfile:
-    facts, disc, block_bytes, peft_wanted = pool.call(_structure, model, task, num_labels, dtype)
+             pool, t_start, ckpt: bool = False) -> ModelProfile:
+    facts, disc, block_bytes, peft_wanted = pool.call(_structure, model, task, num_labels, dtype, ckpt)
     task, n_layers = facts["task"], facts["num_layers"]
     draft = ModelProfile(name=name or model, architecture=facts["architecture"], task=task,
                          num_layers=n_layers, layer_prefix=disc.prefix, modules=disc.modules, default_targets=(),
@@ -133,6 +145,9 @@ def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, metho
         targets = tuple(n for n in draft.module_names if n.split(".")[-1] in peft_wanted) or tuple(draft.module_names[:1])
 
     shapes = fit.fit_shapes(batch_size, seq_len)
+    if ckpt:
+        return _profile_checkpointed(draft, facts, disc, targets, shapes, model, task, num_labels, dtype, batch_size,
+                                     seq_len, method, validate, seed, progress, pool, t_start)
     # The full design at the first two shapes; at the other two only what the attention-dependent
     # terms need (the token-scaled ones are on a line in T through the first two: fit.TOKEN_KINDS).
     designs = [fit.design(disc.modules, FIT_LAYERS - 1, full=i < 2) for i in range(len(shapes))]
@@ -140,13 +155,7 @@ def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, metho
     fit_jobs = [(small, task, dtype, disc.prefix, a, b, s, method, seed) for (b, s), d in zip(shapes, designs) for a in d]
     probes = fit.branch_probes(disc.modules, FIT_LAYERS - 1)  # parallel branches? (GPT-NeoX)
     fit_jobs += [(small, task, dtype, disc.prefix, a, batch_size, seq_len, method, seed) for _, _, a in probes]
-    checks = [{(layer, m): 8 for m in targets} for layer in sorted({0, n_layers // 2, n_layers - 1})]
-    checks += fit.random_assignments(draft.module_names, n_layers, max(validate - len(checks), 0), seed)
-    checks = checks[:max(validate, 0)]
-    holdout = fit.random_assignments(draft.module_names, n_layers, 2 if validate else 0, seed + 1)
-    hb, hs = fit.holdout_shape(batch_size, seq_len)
-    if draft.max_positions and hs > draft.max_positions:
-        hs = draft.max_positions
+    checks, holdout, (hb, hs) = _validation_assignments(draft, targets, n_layers, validate, seed, batch_size, seq_len)
     check_jobs = [(full, task, dtype, disc.prefix, a, batch_size, seq_len, method, seed) for a in checks]
     check_jobs += [(full, task, dtype, disc.prefix, a, hb, hs, method, seed) for a in holdout]
     # The long full-depth traces go first, one job at a time, so that the short fit traces fill the
@@ -165,24 +174,75 @@ def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, metho
     disc = dataclasses.replace(disc, modules=modules)
     gap = (n_layers - FIT_LAYERS) * block_bytes
     phases = fit.assemble(per_shape, disc.modules, gap)
-    conditions = {
-        "batch_size": batch_size, "seq_len": seq_len, "dtype": dtype,
-        "adapter_dtype": "fp32",  # PEFT autocasts adapters to fp32 whatever the base dtype
-        "optimizer": "adamw", "attn_implementation": disc.attn_implementation,
-        "gradient_checkpointing": False, "method": method, "lora_dropout": 0.0,
-        "step": f"steady state: 2nd of 2 identical steps of {STEP_DESCRIPTION}",
-        "fit_residual_bytes": round(residual, 1),
-        "branches": branch_report,
-        "versions": _versions(),
-    }
+    conditions = _conditions(batch_size, seq_len, dtype, disc, method, residual, branches=branch_report)
     profile = ModelProfile(name=draft.name, architecture=draft.architecture, task=task, num_layers=n_layers,
                            layer_prefix=disc.prefix, modules=disc.modules, default_targets=targets,
                            max_positions=disc.max_positions, param_count=disc.param_count, conditions=conditions,
                            phases=phases)
+    return _validated(profile, measured, checks, holdout, (hb, hs), t_start)
 
+
+def _profile_checkpointed(draft, facts, disc, targets, shapes, model, task, num_labels, dtype, batch_size, seq_len, method,
+                          validate, seed, progress, pool, t_start) -> ModelProfile:
+    """The profile of a step with gradient checkpointing on: designed traces on a 3-block slice at four
+    shapes, one 3- vs 4-block pair per shape for the blocks cut away, validated on full-depth traces."""
+    from . import ckpt_fit
+
+    n_layers = facts["num_layers"]
+    design = ckpt_fit.design(disc.modules)
+    small, four, full = ((model, task, num_labels, k) for k in (ckpt_fit.BLOCK_LAYERS, ckpt_fit.BLOCK_LAYERS + 1, None))
+    gap_a = ckpt_fit.gap_assignment(disc.modules)
+    job = lambda cfg, a, b, s: (cfg, task, dtype, disc.prefix, a, b, s, method, seed, True)  # noqa: E731
+    fit_jobs = [job(small, a, b, s) for b, s in shapes for a in design]
+    fit_jobs += [job(cfg, gap_a, b, s) for b, s in shapes for cfg in (small, four)]
+    checks, holdout, (hb, hs) = _validation_assignments(draft, targets, n_layers, validate, seed, batch_size, seq_len)
+    check_jobs = [job(full, a, batch_size, seq_len) for a in checks] + [job(full, a, hb, hs) for a in holdout]
+    ticks = _two_bars(progress, ("validation traces", len(check_jobs)), ("fit traces", len(fit_jobs)))
+    results = pool.run(check_jobs + fit_jobs, ticks, long=len(check_jobs))
+    measured, peaks = results[:len(check_jobs)], results[len(check_jobs):]
+    per_shape, gaps, residual = {}, {}, 0.0
+    for i, shape in enumerate(shapes):
+        traces = list(zip(design, peaks[i * len(design):(i + 1) * len(design)]))
+        per_shape[shape], worst = ckpt_fit.solve_terms(traces, disc.modules)
+        residual = max(residual, worst)
+        three, fourth = peaks[len(shapes) * len(design) + 2 * i: len(shapes) * len(design) + 2 * i + 2]
+        gaps[shape] = ckpt_fit.block_gap(three, fourth)
+    phases = ckpt_fit.assemble(per_shape, gaps, disc.modules, n_layers)
+    conditions = _conditions(batch_size, seq_len, dtype, disc, method, residual, gradient_checkpointing=True)
+    return _validated(dataclasses.replace(draft, default_targets=targets, conditions=conditions, phases=phases),
+                      measured, checks, holdout, (hb, hs), t_start)
+
+
+def _validation_assignments(draft, targets, n_layers, validate, seed, batch_size, seq_len):
+    """One-layer plans at the bottom, middle and top plus random ones at the profile's shape, and two at a
+    shape not fitted on."""
+    checks = [{(layer, m): 8 for m in targets} for layer in sorted({0, n_layers // 2, n_layers - 1})]
+    checks += fit.random_assignments(draft.module_names, n_layers, max(validate - len(checks), 0), seed)
+    checks = checks[:max(validate, 0)]
+    holdout = fit.random_assignments(draft.module_names, n_layers, 2 if validate else 0, seed + 1)
+    hb, hs = fit.holdout_shape(batch_size, seq_len)
+    if draft.max_positions and hs > draft.max_positions:
+        hs = draft.max_positions
+    return checks, holdout, (hb, hs)
+
+
+def _conditions(batch_size, seq_len, dtype, disc, method, residual, gradient_checkpointing=False, **extra) -> dict:
+    return {
+        "batch_size": batch_size, "seq_len": seq_len, "dtype": dtype,
+        "adapter_dtype": "fp32",  # PEFT autocasts adapters to fp32 whatever the base dtype
+        "optimizer": "adamw", "attn_implementation": disc.attn_implementation,
+        "gradient_checkpointing": gradient_checkpointing, "method": method, "lora_dropout": 0.0,
+        "step": f"steady state: 2nd of 2 identical steps of {STEP_DESCRIPTION}"
+                + ("; gradient checkpointing on (training.levers)" if gradient_checkpointing else ""),
+        "fit_residual_bytes": round(residual, 1),
+        **extra,
+        "versions": _versions(),
+    }
+
+
+def _validated(profile: ModelProfile, measured, checks, holdout, holdout_shape, t_start) -> ModelProfile:
     validation = fit.validate(profile, measured[:len(checks)], checks)
-    shape_check = fit.validate(profile, measured[len(checks):], holdout, shape=(hb, hs))
-    validation["shape_holdout"] = shape_check
+    validation["shape_holdout"] = fit.validate(profile, measured[len(checks):], holdout, shape=holdout_shape)
     validation["seconds"] = round(time.perf_counter() - t_start, 2)
     return dataclasses.replace(profile, validation=validation)
 
@@ -190,7 +250,8 @@ def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, metho
 def _trace_job(job):
     from .trace import trace_assignment
 
-    return trace_assignment(copy.deepcopy(_config(*job[0])), *job[1:7], method=job[7], seed=job[8])
+    return trace_assignment(copy.deepcopy(_config(*job[0])), *job[1:7], method=job[7], seed=job[8],
+                            gradient_checkpointing=job[9] if len(job) > 9 else False)
 
 
 def _warm(modules: tuple[str, ...]) -> None:

@@ -16,10 +16,12 @@ one step by creating AdamW's state before the step (``tests`` check this equals 
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Mapping
 
 import torch
 
+from ..training.levers import set_gradient_checkpointing
 from ..training.step import train_step
 from .build import build_base, example_inputs, lora_config_for, materialize_fake
 from .tracker import LiveBytes
@@ -124,14 +126,46 @@ def _init_adamw_state(opt: torch.optim.Optimizer) -> None:
             }
 
 
+def _block_phase_hooks(blocks, tracker: LiveBytes) -> list:
+    """Mark each block's forward ("fwd@l") and backward ("bwd@l"): under gradient checkpointing a block's
+    activations live only while it is recomputed and backpropagated, so each block has a peak of its own.
+    The backward of block l starts when the gradient of its output is ready; a recompute (a forward inside
+    the backward) does not change the phase."""
+    def in_backward() -> bool:
+        return torch._C._current_graph_task_id() != -1
+
+    handles = []
+    for l, block in enumerate(blocks):
+        def pre(module, args, l=l):
+            if not in_backward():
+                tracker.set_phase(f"fwd@{l}")
+
+        def post(module, args, out, l=l):
+            if in_backward():
+                return
+            h = out[0] if isinstance(out, tuple) else out
+            if isinstance(h, torch.Tensor) and h.requires_grad:
+                h.register_hook(lambda grad, l=l: tracker.set_phase(f"bwd@{l}"))
+            tracker.set_phase("fwd")
+        handles += [block.register_forward_pre_hook(pre), block.register_forward_hook(post)]
+    return handles
+
+
+def is_block_phase(phase: str) -> bool:
+    return "@" in phase
+
+
 def tracked_step(model, inputs: Mapping[str, torch.Tensor], opt: torch.optim.Optimizer, tracker: LiveBytes,
-                 max_grad_norm: float | None = None):
+                 max_grad_norm: float | None = None, per_block: bool = False):
     """One ``train_step`` under the live-bytes tracker: (the loss, per-phase peak live bytes).
 
     The live set starts as what exists between two steps: parameters, buffers, the inputs and the
-    optimiser's state. The head's forward marks the "loss" phase (logits and the loss).
+    optimiser's state. The head's forward marks the "loss" phase (logits and the loss). ``per_block``:
+    each block's forward and backward are phases of their own too ("fwd@l", "bwd@l"; checkpointing).
     """
     from peft import PeftModel
+
+    from .build import find_blocks
 
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     tracker.track_all(model.parameters())
@@ -140,20 +174,23 @@ def tracked_step(model, inputs: Mapping[str, torch.Tensor], opt: torch.optim.Opt
     for state in opt.state.values():
         tracker.track_all(state.values())
     head = _head(base)
-    hook = head.register_forward_pre_hook(lambda *a: tracker.set_phase("loss")) if head is not None else None
+    hooks = [head.register_forward_pre_hook(lambda *a: tracker.set_phase("loss"))] if head is not None else []
+    if per_block:
+        hooks += _block_phase_hooks(find_blocks(base)[1], tracker)
     try:
         with tracker:
             tracker.peaks = {}
             loss = train_step(model, inputs, opt, max_grad_norm=max_grad_norm, on_phase=tracker.set_phase)
     finally:
-        if hook is not None:
+        for hook in hooks:
             hook.remove()
-    peaks = {k: v for k, v in tracker.peaks.items() if k in ("fwd", "loss", "bwd", "opt")}
+    peaks = {k: v for k, v in tracker.peaks.items() if k in ("fwd", "loss", "bwd", "opt") or is_block_phase(k)}
     peaks.setdefault("loss", peaks["fwd"])
     return loss, peaks
 
 
-def step_peaks(model, inputs: Mapping[str, torch.Tensor], tracker: LiveBytes, steps: int = 1) -> dict[str, int]:
+def step_peaks(model, inputs: Mapping[str, torch.Tensor], tracker: LiveBytes, steps: int = 1,
+               per_block: bool = False) -> dict[str, int]:
     """Run ``steps`` training steps; return the per-phase peak live bytes of the last one."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-4)
@@ -162,34 +199,38 @@ def step_peaks(model, inputs: Mapping[str, torch.Tensor], tracker: LiveBytes, st
     with tracker:  # earlier steps run under the tracker too: every storage they leave is counted
         for _ in range(steps - 1):
             train_step(model, inputs, opt)
-    return tracked_step(model, inputs, opt, tracker)[1]
+    return tracked_step(model, inputs, opt, tracker, per_block=per_block)[1]
 
 
 def trace_assignment(config, task: str, dtype: str, prefix: str, assignment: Mapping[tuple[int, str], int],
                      batch: int, seq: int, method: str = "traced", steps: int = 1, attn_implementation: str | None = None,
-                     seed: int = 0) -> dict[str, int]:
+                     seed: int = 0, gradient_checkpointing: bool = False) -> dict[str, int]:
     """Per-phase peak live tensor bytes of one steady-state step of this LoRA assignment.
 
     ``method``: "traced" (meta tensors, no memory used), "fake" (fake tensors; same numbers,
     slower), "measured" (real CPU tensors, same tracker), or "cuda" (real CUDA tensors,
-    ``torch.cuda.max_memory_allocated``).
+    ``torch.cuda.max_memory_allocated``). ``gradient_checkpointing``: the lever as the executor
+    turns it on (``training.levers``).
     """
     from peft import get_peft_model
 
+    levers = functools.partial(set_gradient_checkpointing, on=gradient_checkpointing)
     if method == "cuda":
-        return _cuda_peak(config, task, dtype, prefix, assignment, batch, seq, steps, attn_implementation, seed)
+        return _cuda_peak(config, task, dtype, prefix, assignment, batch, seq, steps, attn_implementation, seed, levers)
     torch.manual_seed(seed)
     if method == "traced":
         model = build_base(config, task, dtype, meta=True, attn_implementation=attn_implementation)
+        levers(model)
         model = get_peft_model(model, lora_config_for(prefix, assignment, task))
         model.train()
         memo: dict[int, torch.Tensor] = {}  # keep aliases aliased (causal LM: labels is input_ids)
         inputs = {k: memo.setdefault(id(v), v.to("meta")) if isinstance(v, torch.Tensor) else v
                   for k, v in example_inputs(config, task, batch, seq).items()}
         with _unpacked_sequences(), _cpu_attention_on_meta():
-            return step_peaks(model, inputs, _MetaLiveBytes(), steps=steps)
+            return step_peaks(model, inputs, _MetaLiveBytes(), steps=steps, per_block=gradient_checkpointing)
     fake = method == "fake"
     model = build_base(config, task, dtype, meta=fake, attn_implementation=attn_implementation)
+    levers(model)
     model = get_peft_model(model, lora_config_for(prefix, assignment, task))
     if not fake:
         model.train()
@@ -203,10 +244,10 @@ def trace_assignment(config, task: str, dtype: str, prefix: str, assignment: Map
             materialize_fake(model)
         model.train()
         inputs = example_inputs(config, task, batch, seq)
-        return step_peaks(model, inputs, LiveBytes(), steps=steps)
+        return step_peaks(model, inputs, LiveBytes(), steps=steps, per_block=gradient_checkpointing)
 
 
-def _cuda_peak(config, task, dtype, prefix, assignment, batch, seq, steps, attn_implementation, seed) -> dict[str, int]:
+def _cuda_peak(config, task, dtype, prefix, assignment, batch, seq, steps, attn_implementation, seed, levers) -> dict[str, int]:
     """Measured on a GPU: allocator statistics around the last step (all phases folded into one)."""
     from peft import get_peft_model
 
@@ -216,6 +257,7 @@ def _cuda_peak(config, task, dtype, prefix, assignment, batch, seq, steps, attn_
         raise LoraPlannerError("method", "cuda only where a CUDA GPU is visible", "cuda", "Use --method traced or measured.")
     torch.manual_seed(seed)
     model = build_base(config, task, dtype, meta=False, attn_implementation=attn_implementation).cuda()
+    levers(model)
     model = get_peft_model(model, lora_config_for(prefix, assignment, task))
     model.train()
     inputs = {k: v.cuda() for k, v in example_inputs(config, task, batch, seq).items()}

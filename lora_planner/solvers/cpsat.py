@@ -17,6 +17,10 @@ def available() -> bool:
 def solve_cpsat_one(problem: Problem, capacity: int, time_limit: float = 60.0) -> Solution:
     from ortools.sat.python import cp_model
 
+    if problem.ckpt is not None:
+        from .ckpt import solve_cpsat_one as checkpointed
+
+        return checkpointed(problem, capacity, time_limit)
     L, M, R = problem.num_layers, len(problem.targets), len(problem.ranks)
     model = cp_model.CpModel()
     # variables: x = module m of block l has rank r; y = block l is the lowest trained block

@@ -26,6 +26,10 @@ def solve_milp_one(problem: Problem, capacity: int, backend: str = "cbc", time_l
     """Solve to optimality, or stop at ``time_limit`` seconds (then status "feasible", not "optimal")."""
     import pulp
 
+    if problem.ckpt is not None:
+        from .ckpt import solve_milp_one as checkpointed
+
+        return checkpointed(problem, capacity, backend, time_limit)
     L, M, R = problem.num_layers, len(problem.targets), len(problem.ranks)
     lp = pulp.LpProblem("lora_plan", pulp.LpMaximize)
     # variables: x = module m of block l has rank r; y = block l is the lowest trained block

@@ -48,6 +48,7 @@ class Problem:
     act: np.ndarray  # [P, M, R] activations of module m at rank r (its terms minus its weights' state)
     after: np.ndarray  # [M, M] bool: target j runs after target i in the forward pass
     value: np.ndarray  # [L, M, R]
+    ckpt: Any = None  # gradient checkpointing: solvers/ckpt.CheckpointTerms (then the terms above are unused)
 
     @property
     def branches(self) -> list[int]:
@@ -123,6 +124,10 @@ class Problem:
     # ---- exact evaluation of an assignment in units --------------------------------------
     def cost(self, assignment: dict[tuple[int, str], int]) -> np.ndarray:
         """[P] units of an assignment (layer, module) -> rank under this integer model."""
+        if self.ckpt is not None:
+            from .ckpt import cost
+
+            return cost(self, assignment)
         m_of = {m: i for i, m in enumerate(self.targets)}
         r_of = {r: i for i, r in enumerate(self.ranks)}
         low = min(layer for layer, _ in assignment)
@@ -156,14 +161,18 @@ def build_problem(profile: ModelProfile, targets: tuple[str, ...], ranks: tuple[
         unit: bytes per unit; default: the largest budget / 65,536 (at least 1 KiB).
         values: optional [L, M] importance override (else the profile's, else uniform).
     """
-    terms = evaluate(profile, batch, seq)
     if unit is None:
         unit = max(1024, (max_budget_bytes or 2**36) // DP_CELLS)
     groups = sorted({profile.module(m).group for m in targets})
+    gidx = tuple(groups.index(profile.module(m).group) for m in targets)
+    imp = importance_matrix(profile, targets) if values is None else np.asarray(values, dtype=float)
+    util = np.array([rank_utility(r, max(ranks)) for r in ranks])
+    if profile.checkpointed:
+        return _checkpointed_problem(profile, targets, ranks, unit, groups, gidx, imp[:, :, None] * util[None, None, :], batch, seq)
+    terms = evaluate(profile, batch, seq)
     sets = [(k, members) for k, members in profile.low_key_sets() if set(members) <= set(targets)]
     set_keys = [k for k, _ in sets]
     low_sets = np.array([[m in members for m in targets] for _, members in sets], dtype=bool)
-    gidx = tuple(groups.index(profile.module(m).group) for m in targets)
     # A phase that costs no more than another in every term can never bind: drop it.
     names = list(terms)
 
@@ -181,9 +190,6 @@ def build_problem(profile: ModelProfile, targets: tuple[str, ...], ranks: tuple[
     static = np.array([[[_units(r * terms[p].static[m], unit) for r in ranks] for m in targets] for p in keep], dtype=np.int64)
     act = np.maximum(module[:, :, None] + rank_cost - static, 0)
     order = profile.order_of
-    imp = importance_matrix(profile, targets) if values is None else np.asarray(values, dtype=float)
-    r_max = max(ranks)
-    util = np.array([rank_utility(r, r_max) for r in ranks])
     return Problem(
         profile=profile, targets=targets, ranks=ranks, unit=unit, phases=tuple(keep),
         fixed=np.array([_units(terms[p].fixed, unit) for p in keep], dtype=np.int64),
@@ -202,6 +208,19 @@ def build_problem(profile: ModelProfile, targets: tuple[str, ...], ranks: tuple[
         after=np.array([[order[j] > order[i] for j in targets] for i in targets], dtype=bool),
         value=imp[:, :, None] * util[None, None, :],
     )
+
+
+def _checkpointed_problem(profile, targets, ranks, unit, groups, gidx, value, batch, seq) -> Problem:
+    """The problem of a checkpointed profile: its terms in ``ckpt``; the lowest-block arrays stay empty."""
+    from .ckpt import build_terms
+
+    c = build_terms(profile, targets, ranks, groups, batch, seq, unit)
+    P, M, R, G = len(c.phases), len(targets), len(ranks), len(groups)
+    zeros = lambda *shape: np.zeros(shape, dtype=np.int64)  # noqa: E731
+    return Problem(profile=profile, targets=targets, ranks=ranks, unit=unit, phases=c.phases, fixed=zeros(P), path=zeros(P),
+                   low_sets=np.zeros((0, M), dtype=bool), low_branch=zeros(0), path_low=zeros(P, 0), top_low=zeros(P, 0),
+                   group_index=gidx, group=zeros(P, G), module=zeros(P, M), rank_cost=zeros(P, M, R), top=zeros(P, M),
+                   top_rank_cost=zeros(P, M, R), act=zeros(P, M, R), after=np.zeros((M, M), dtype=bool), value=value, ckpt=c)
 
 
 @dataclass

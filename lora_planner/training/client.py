@@ -14,6 +14,7 @@ from ..aggregation.rules import ClientPayload
 from ..aggregation.updates import ClientUpdate
 from ..data.load import Instructions, Records
 from ..errors import LoraPlannerError
+from .levers import set_gradient_checkpointing
 from .step import train_step
 
 
@@ -41,6 +42,7 @@ class ClientTask:
     max_grad_norm: float | None = None
     measure_step: int = 1
     fault: str | None = None  # fault injection for tests and drills: "raise", "nan", "extra-key"
+    gradient_checkpointing: bool = False  # the plan's lever (training.levers), as its profile was traced
 
 
 @dataclass
@@ -198,6 +200,7 @@ def run_client(base: SharedBase, data: Records | Instructions, task: ClientTask)
     try:
         torch.manual_seed(task.seed)
         model = base.attach(task.adapter_config, task.payload)
+        set_gradient_checkpointing(base.model, task.gradient_checkpointing)
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=task.lr)
         losses = []
@@ -228,6 +231,7 @@ def run_client(base: SharedBase, data: Records | Instructions, task: ClientTask)
         result.extras["traceback"] = traceback.format_exc(limit=3)
     finally:
         if model is not None:
+            set_gradient_checkpointing(base.model, False)
             base.detach(model)
         result.seconds = time.perf_counter() - t0
     return result

@@ -261,3 +261,17 @@ def test_causal_lm_trains_on_dolly_with_a_config_built_llama(tmp_path, tiny_llam
         assert abs(c["predicted_bytes"] - c["measured_peak_bytes"]) <= 0.01 * c["measured_peak_bytes"], c
         assert c["measured_peak_bytes"] <= c["predicted_bytes"] + 8, "labels are their own tensor in traced batches too"
     assert (run / "profile.json").exists(), "the profile was traced at the training shape and cached"
+
+
+def test_gradient_checkpointing_is_applied_to_every_client_and_measured_beside_its_prediction(tmp_path, tiny_llama_folder,
+                                                                                               dolly_small):
+    train, test = dolly_small
+    common = dict(model=str(tiny_llama_folder), task="causal-lm", data=str(train), eval_data=str(test), budgets=("64MiB",) * 2,
+                  method="hetlora", rounds=1, local_steps=2, batch_size=2, seq_len=32, partition="iid")
+    on = start(RunSettings(**common, gradient_checkpointing=True), tmp_path / "on")
+    off = start(RunSettings(**common), tmp_path / "off")
+    assert json.loads((on / "plan" / "plan.json").read_text())["gradient_checkpointing"] is True
+    for c_on, c_off in zip(rows(on)[0]["clients"], rows(off)[0]["clients"]):
+        assert c_on["measured_peak_bytes"] <= c_on["predicted_bytes"] <= 1.01 * c_on["measured_peak_bytes"], c_on
+        assert c_on["measured_peak_bytes"] < c_off["measured_peak_bytes"], "checkpointing was applied: the peak fell"
+    assert math.isfinite(rows(on)[0]["eval"]["loss"])

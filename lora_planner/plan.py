@@ -231,7 +231,8 @@ def _client_result(s: _Setting, client: ClientSpec, sol, memo: dict) -> ClientPl
         memo[key] = (max(predict_phases(s.profile, a, terms=s.terms).values()),
                      tuple(Entry(l, m, r, s.alpha_ratio * r) for (l, m), r in key))
     tensor, entries = memo[key]
-    extras = {**sol.extras, "solver_status": sol.status} if sol.status == "feasible" else sol.extras
+    extras = {**sol.extras, "solver_status": sol.status} if sol.status == "feasible" else dict(sol.extras)
+    extras["gradient_checkpointing"] = s.profile.checkpointed
     return ClientPlan.planned(client, reserve_bytes=s.reserve_bytes, tensor_bytes=tensor, objective=sol.objective,
                               entries=entries, solver=sol.solver, extras=extras)
 
@@ -288,3 +289,23 @@ def plan_fleet(profile: ModelProfile, clients: Sequence[ClientSpec], solver: str
                 solver=solver, target_modules=targets, ranks=ranks, clients=tuple(planned[c.id] for c in clients),
                 seconds=round(time.perf_counter() - t0, 4), importance=importance_name,
                 gradient_checkpointing=profile.checkpointed)
+
+
+def plan_fleet_auto(plain: ModelProfile, checkpointed: ModelProfile, clients: Sequence[ClientSpec],
+                    drop_infeasible: bool = False, **kwargs) -> Plan:
+    """Gradient checkpointing where it fits more value: each client is planned under both profiles (the
+    same model, traced with the lever off and on) and keeps the plan of higher value; a tie keeps it off
+    (checkpointing costs one more forward of the blocks). Each client's ``extras["gradient_checkpointing"]``
+    records the choice, and the executor applies it per client."""
+    import dataclasses
+
+    if not checkpointed.checkpointed or plain.checkpointed or plain.name != checkpointed.name:
+        raise LoraPlannerError("--gradient-checkpointing auto", "one model's profiles with the lever off and on",
+                               f"{plain.name} / {checkpointed.name}", "Use shipped --model profiles (see `profile --list`).")
+    off = plan_fleet(plain, clients, drop_infeasible=True, **kwargs)
+    on = plan_fleet(checkpointed, clients, drop_infeasible=drop_infeasible, **kwargs)
+    chosen = []
+    for a, b in zip(off.clients, on.clients):
+        take_on = b.status == "planned" and (a.status != "planned" or b.objective > a.objective + 1e-12)
+        chosen.append(b if take_on else a)
+    return dataclasses.replace(off, clients=tuple(chosen), seconds=round(off.seconds + on.seconds, 4))

@@ -2,7 +2,8 @@
 
 A client's round = compute + transfer:
   compute  = tokens x (forward FLOPs of the whole model + backward FLOPs through the blocks from the
-             lowest trained one to the output, and the head) / throughput
+             lowest trained one to the output, and the head) / throughput; with gradient checkpointing,
+             backward through every block plus one more forward of the blocks (their recompute)
   transfer = bytes down / bandwidth + bytes up / bandwidth
 The straggler sets the round: round time = the largest client time.
 """
@@ -18,8 +19,14 @@ def block_params(profile: ModelProfile) -> int:
 
 
 def backward_flops_per_token(profile: ModelProfile, depth: int) -> float:
-    """Input gradients through the top ``depth`` blocks and the head (LoRA's own gradients are negligible)."""
+    """Input gradients through the top ``depth`` blocks and the head (LoRA's own gradients are negligible).
+
+    Under gradient checkpointing (``profile.checkpointed``) the input embeddings require grad, so the
+    backward goes through every block whatever the depth, and each block's forward runs once more
+    (recomputed): one extra forward of the blocks, charged here."""
     other = max(profile.param_count - profile.num_layers * block_params(profile), 0)
+    if profile.checkpointed:
+        return 2.0 * (profile.num_layers * block_params(profile) + other / 2) + 2.0 * profile.num_layers * block_params(profile)
     return 2.0 * (depth * block_params(profile) + other / 2)
 
 

@@ -8,17 +8,21 @@ from ..errors import LoraPlannerError
 from ..profile import ModelProfile, load_profile, shipped_profile
 
 
-def add_profile_args(p, required: bool = True) -> None:
+def add_profile_args(p, required: bool = True, auto: bool = False) -> None:
     g = p.add_mutually_exclusive_group(required=False)
     g.add_argument("--profile", metavar="FILE", help="a profile JSON made by `lora-planner profile`")
     g.add_argument("--model", metavar="NAME", help="a shipped model profile, e.g. llama-2-7b (see `lora-planner profile --list`)")
-    p.add_argument("--gradient-checkpointing", choices=("on", "off"), default=None,
-                   help="with --model: the shipped profile made with checkpointing on or off (default off); with --profile: "
-                        "checked against the profile's own condition")
+    p.add_argument("--gradient-checkpointing", choices=("on", "off", "auto") if auto else ("on", "off"), default=None,
+                   help="with --model: the shipped profile made with checkpointing on or off (default off)"
+                        + ("; auto: per client, on where that fits more value" if auto else "")
+                        + "; with --profile: checked against the profile's own condition")
 
 
 def get_profile(args) -> ModelProfile:
     lever = getattr(args, "gradient_checkpointing", None)
+    if lever == "auto" and not args.model:
+        raise LoraPlannerError("--gradient-checkpointing auto", "used with --model (it plans under both shipped profiles)",
+                               "--profile", "Pass --model NAME, or on/off with --profile.")
     if args.profile:
         profile = load_profile(args.profile)
         if lever is not None and (lever == "on") != profile.checkpointed:

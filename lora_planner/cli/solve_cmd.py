@@ -11,6 +11,7 @@ from .common import add_profile_args, get_profile, positive_int, table
 
 EXAMPLES = """examples:
   lora-planner solve --model llama-2-7b --memory-budget 16GiB
+  lora-planner solve --model llama-2-7b --memory-budget 14GiB,16GiB,24GiB --gradient-checkpointing auto
   lora-planner solve --model llama-2-7b --memory-budget 8GiB,12GiB,16GiB,24GiB,48GiB -o plans/
   lora-planner solve --model llama-2-7b --memory-budget 12GiB:10,24GiB:2 --solver hetlora
   lora-planner solve --profile my.json --clients fleet.csv --solver depth-rank --format json
@@ -31,7 +32,7 @@ def register(sub) -> None:
     listing = "\n".join(f"  {name:11s} {e.summary}" for name, e in SOLVERS.items())
     p = sub.add_parser("solve", help="plan LoRA layers and ranks for every client", epilog=EXAMPLES.format(solvers=listing),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_profile_args(p)
+    add_profile_args(p, auto=True)
     p.add_argument("--memory-budget", action="append", default=[], metavar="SIZE[:COUNT]",
                    help="client budgets; repeat or comma-separate; SIZE:COUNT for many clients")
     p.add_argument("--clients", metavar="FILE", help="a fleet CSV or JSON (instead of --memory-budget)")
@@ -63,10 +64,16 @@ def run(args) -> int:
     clients = read_fleet(args.clients) if args.clients else budgets_to_clients(args.memory_budget)
     reserve = 0 if str(args.reserve).strip() in ("0", "") else parse_size(args.reserve, "--reserve")
     targets = [t.strip() for t in args.target_modules.split(",") if t.strip()] if args.target_modules else None
-    plan = plan_fleet(profile, clients, solver=args.solver, target_modules=targets, ranks=parse_ranks(args.ranks),
-                      batch_size=args.batch_size, seq_len=args.seq_len, reserve_bytes=reserve,
-                      drop_infeasible=args.drop_infeasible, alpha_ratio=args.alpha_ratio, seed=args.seed,
-                      importance=args.importance, time_limit=args.time_limit)
+    kwargs = dict(solver=args.solver, target_modules=targets, ranks=parse_ranks(args.ranks), batch_size=args.batch_size,
+                  seq_len=args.seq_len, reserve_bytes=reserve, drop_infeasible=args.drop_infeasible, alpha_ratio=args.alpha_ratio,
+                  seed=args.seed, importance=args.importance, time_limit=args.time_limit)
+    if args.gradient_checkpointing == "auto":
+        from ..plan import plan_fleet_auto
+        from ..profile import shipped_profile
+
+        plan = plan_fleet_auto(profile, shipped_profile(args.model, gradient_checkpointing=True), clients, **kwargs)
+    else:
+        plan = plan_fleet(profile, clients, **kwargs)
     if args.output:
         plan.write(args.output, profile)
     if args.format == "json":
@@ -102,7 +109,8 @@ def render(plan, profile) -> str:
             extra = f"{c.extras['round_time_s']:.1f} s/round, {format_size(c.extras['bytes_up'])} up"
         rows.append([c.id, format_size(c.budget_bytes), format_size(c.predicted_bytes), f"{c.predicted_bytes / c.budget_bytes:.0%}",
                      _layers(c.entries), str(len(c.entries)), f"{ranks[0]}-{ranks[-1]}" if len(ranks) > 1 else str(ranks[0]),
-                     f"{c.objective:.3f} {extra}".strip() + (" (feasible: time limit)" if c.extras.get("solver_status") == "feasible" else "")])
+                     f"{c.objective:.3f} {extra}".strip() + (" (feasible: time limit)" if c.extras.get("solver_status") == "feasible" else "")
+                     + (" [checkpointing]" if c.extras.get("gradient_checkpointing") else "")])
     head = (f"{plan.profile}: batch {plan.batch_size} x {plan.seq_len} tokens, targets {','.join(plan.target_modules)}, "
             f"ranks {','.join(map(str, plan.ranks))}, solver {plan.solver} ({plan.seconds * 1000:.0f} ms), importance {plan.importance}")
     total = sum(c.objective for c in plan.clients)

@@ -92,7 +92,7 @@ def client_task(run: Run, client, rnd: int, index: int) -> ClientTask:
     measure = s.measure == "every" or (s.measure == "new" and config_key(client.id, cfg) not in run.measured)
     return ClientTask(client.id, rnd, seed, cfg, payload, run.job.shards[client.id], s.local_steps, s.batch_size, s.seq_len,
                       s.lr, client.budget_bytes, client.predicted_bytes, s.max_grad_norm, measure_step=1 if measure else -1,
-                      gradient_checkpointing=run.plan.gradient_checkpointing)
+                      gradient_checkpointing=bool(client.extras.get("gradient_checkpointing", run.plan.gradient_checkpointing)))
 
 
 def screen(run: Run, tasks: list[ClientTask], results: list[ClientResult]) -> tuple[list, list[dict]]:

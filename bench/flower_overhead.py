@@ -120,7 +120,7 @@ def main() -> None:
         same_acc = [a["accuracy"] == b["accuracy"] for a, b in zip(reference, out[engine]["eval"])]
         out[engine]["max_loss_diff"], out[engine]["same_accuracy"] = max(diffs), all(same_acc)
         print(f"{engine}: eval loss differs from in-process by at most {max(diffs):.2e}; accuracy equal every round: {all(same_acc)}")
-    print("wrote", write("flower_overhead", {"clients": args.clients, "rounds": args.rounds, "local_steps": args.local_steps,
+    print("wrote", write("flower_overhead" + ("" if args.clients == 8 else f"_{args.clients}clients"), {"clients": args.clients, "rounds": args.rounds, "local_steps": args.local_steps,
                                              **out}))
 
 

@@ -92,8 +92,7 @@ def _rows(problem, x, act, lin_sum):
 def solve_cpsat_one(problem, capacity: int, time_limit: float = 60.0):
     from ortools.sat.python import cp_model
 
-    from .problem import Solution
-    from .cpsat import VALUE_SCALE
+    from .cpsat import maximize
 
     L, M, R = problem.num_layers, len(problem.targets), len(problem.ranks)
     model = cp_model.CpModel()
@@ -107,22 +106,13 @@ def solve_cpsat_one(problem, capacity: int, time_limit: float = 60.0):
     model.add(sum(x.values()) >= 1)  # never an empty plan
     for row in _rows(problem, x, act, lambda terms: sum(w * v for w, v in terms if w)):
         model.add(row <= int(capacity))
-    model.maximize(sum(int(round(problem.value[l, m, r] * VALUE_SCALE)) * v for (l, m, r), v in x.items()))
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = time_limit
-    solver.parameters.num_workers = 1
-    status = solver.solve(model)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return Solution({}, 0.0, "infeasible", "cpsat")
-    a = {(l, problem.targets[m]): problem.ranks[r] for (l, m, r), v in x.items() if solver.value(v)}
-    return Solution(a, problem.objective(a), "optimal" if status == cp_model.OPTIMAL else "feasible", "cpsat")
+    return maximize(model, x, problem, time_limit)
 
 
 def solve_milp_one(problem, capacity: int, backend: str = "cbc", time_limit: float | None = None):
     import pulp
 
-    from .milp import _backend
-    from .problem import Solution
+    from .milp import solve_and_read
 
     L, M, R = problem.num_layers, len(problem.targets), len(problem.ranks)
     lp = pulp.LpProblem("lora_plan_ckpt", pulp.LpMaximize)
@@ -137,9 +127,4 @@ def solve_milp_one(problem, capacity: int, backend: str = "cbc", time_limit: flo
     lp += pulp.lpSum(x.values()) >= 1
     for row in _rows(problem, x, act, lambda terms: pulp.lpSum(w * v for w, v in terms if w)):
         lp += row <= int(capacity)
-    lp.solve(_backend(backend, time_limit))
-    if pulp.LpStatus[lp.status] != "Optimal":
-        return Solution({}, 0.0, "infeasible", f"milp-{backend}")
-    a = {(l, problem.targets[m]): problem.ranks[r] for (l, m, r), v in x.items() if (v.value() or 0) > 0.5}
-    proven = lp.sol_status == pulp.LpSolutionOptimal
-    return Solution(a, problem.objective(a), "optimal" if proven else "feasible", f"milp-{backend}")
+    return solve_and_read(lp, x, problem, backend, time_limit)

@@ -59,7 +59,14 @@ def solve_cpsat_one(problem: Problem, capacity: int, time_limit: float = 60.0) -
         cost += sum(int(problem.group[pi, g]) * act[l, g] for l in range(L) for g in range(G))
         cost += sum(problem.entry_cost(pi, l, m, r) * x[l, m, r] for (l, m, r) in x)
         model.add(cost <= int(capacity))
-    model.maximize(sum(int(round(problem.value[l, m, r] * VALUE_SCALE)) * x[l, m, r] for (l, m, r) in x))
+    return maximize(model, x, problem, time_limit)
+
+
+def maximize(model, x, problem: Problem, time_limit: float) -> Solution:
+    """Maximise the plan's value over x[l, m, r] (module m of block l at rank index r) and read the plan."""
+    from ortools.sat.python import cp_model
+
+    model.maximize(sum(int(round(problem.value[l, m, r] * VALUE_SCALE)) * v for (l, m, r), v in x.items()))
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = time_limit
     solver.parameters.num_workers = 1

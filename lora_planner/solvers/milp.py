@@ -70,6 +70,13 @@ def solve_milp_one(problem: Problem, capacity: int, backend: str = "cbc", time_l
                + pulp.lpSum(int(problem.group[pi, g]) * act[l, g] for l in range(L) for g in range(G))
                + pulp.lpSum(problem.entry_cost(pi, l, m, r) * x[l, m, r] for (l, m, r) in x)
                <= int(capacity))
+    return solve_and_read(lp, x, problem, backend, time_limit)
+
+
+def solve_and_read(lp, x, problem: Problem, backend: str, time_limit: float | None) -> Solution:
+    """Solve the model and read the plan from x[l, m, r] ("feasible" when stopped by the time limit)."""
+    import pulp
+
     lp.solve(_backend(backend, time_limit))
     if pulp.LpStatus[lp.status] != "Optimal":
         return Solution({}, 0.0, "infeasible", f"milp-{backend}")

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..memory import evaluate
 from ..profile import BLOCK_KINDS, PHASES
+from .problem import _units as _up  # terms rounded up to whole units, as every problem's
 
 
 @dataclass
@@ -31,10 +32,6 @@ class CheckpointTerms:
     above: np.ndarray  # [Q, M, R] an adapter of a block above it
     below: np.ndarray  # [Q, M, R] ... below it
     phases: tuple[str, ...]  # names of the P step phases, then the Q block phases
-
-
-def _up(x: float, unit: int) -> int:
-    return max(int(math.ceil(x / unit - 1e-9)), 0)
 
 
 def build_terms(profile, targets, ranks, groups, batch, seq, unit) -> CheckpointTerms:

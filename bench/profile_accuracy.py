@@ -7,6 +7,11 @@ Measured = the same step on real tensors (random weights) with the live-bytes tr
 reference in the same run is the parameter-only rule of thumb.
 
     python bench/profile_accuracy.py [--n 20] [--seq-len 128] [--dtype fp32] [--models gpt2,...] [--gradient-checkpointing]
+        [--quantization nf4|int8]
+
+With --quantization the base is a real bitsandbytes load on CPU (the config-built model saved and loaded back
+with its BitsAndBytesConfig, prepared with peft.prepare_model_for_kbit_training); --dtype is then the compute
+dtype and the load dtype of what stays unquantised.
 
 Real bf16 steps are ~20x slower than fp32 on this CPU (Qwen2.5-0.5B, 2x128: 347 s vs 17 s for
 one assignment), so the default compares at fp32; the tracker and the model are the same.
@@ -49,6 +54,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--models", default=",".join(m[0] for m in MODELS), help="comma-separated subset")
     ap.add_argument("--gradient-checkpointing", action="store_true", help="profile and measure with checkpointing on")
+    ap.add_argument("--quantization", choices=["nf4", "int8"], default=None, help="profile and measure on a bitsandbytes base")
     args = ap.parse_args()
     wanted = args.models.split(",")
     tmp = Path(tempfile.mkdtemp())
@@ -60,7 +66,7 @@ def main() -> None:
         src = str(tmp / name / "config.json") if name in OWN else name
         t = time.perf_counter()
         prof = profile_model(src, batch_size=2, seq_len=args.seq_len, dtype=args.dtype, task=task, validate=0, name=name,
-                             gradient_checkpointing=args.gradient_checkpointing)
+                             gradient_checkpointing=args.gradient_checkpointing, quantization=args.quantization)
         t_prof = time.perf_counter() - t
         config = load_config(src)
         if task == "seq-cls":
@@ -68,7 +74,8 @@ def main() -> None:
         errs, rot = [], []
         for a in random_assignments(prof.module_names, prof.num_layers, args.n, seed=7):
             real = max(trace_assignment(config, task, args.dtype, prof.layer_prefix, a, 2, args.seq_len, method="measured",
-                                            gradient_checkpointing=args.gradient_checkpointing).values())
+                                            gradient_checkpointing=args.gradient_checkpointing,
+                                            quantization=args.quantization).values())
             errs.append((predict_tensor_bytes(prof, a) - real) / real)
             rot.append((rule_of_thumb_bytes(prof, a) - real) / real)
         detail[name] = {"kind": kind, "errors": errs, "rule_of_thumb_errors": rot, "profile_s": t_prof}
@@ -77,9 +84,10 @@ def main() -> None:
         print(rows[-1], flush=True)
     print(table(rows, ["model", "kind", "n", "median |err|", "max |err|", "worst under", "params-only median err", "profile s"]))
     name = "profile_accuracy" + ("" if args.dtype == "fp32" else f"_{args.dtype}") + ("" if args.seq_len == 128 else f"_s{args.seq_len}") \
-        + ("_gc" if args.gradient_checkpointing else "")
+        + (f"_{args.quantization}" if args.quantization else "") + ("_gc" if args.gradient_checkpointing else "")
     print("wrote", write(name, {"batch_size": 2, "seq_len": args.seq_len, "dtype": args.dtype,
-                                "gradient_checkpointing": args.gradient_checkpointing, "models": detail}))
+                                "gradient_checkpointing": args.gradient_checkpointing, "quantization": args.quantization,
+                                "models": detail}))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ def evaluate(profile: ModelProfile, batch: int | None = None, seq: int | None = 
 # backward on, its gradient too (gradients start as None: zero_grad(set_to_none=True)).
 ADAPTER_COPIES = {"fwd": 3, "loss": 3, "bwd": 4, "opt": 4}
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+QUANT_PARAM_BYTES = {"nf4": 0.5, "int8": 1.0}  # what parameter-only calculators charge a quantised weight
 
 
 def static_per_rank(profile: ModelProfile, phase: str) -> dict[str, float]:
@@ -228,4 +229,5 @@ def rule_of_thumb_bytes(profile: ModelProfile, assignment: Assignment) -> int:
     Ignores activations entirely; shown beside our prediction to make the gap visible.
     """
     state = static_per_rank(profile, "opt")  # LoRA param + grad + AdamW exp_avg + exp_avg_sq, per unit of rank
-    return profile.param_count * DTYPE_BYTES[profile.conditions["dtype"]] + int(sum(r * state[m] for (_, m), r in assignment.items()))
+    per_param = QUANT_PARAM_BYTES.get(profile.conditions.get("quantization") or "", DTYPE_BYTES[profile.conditions["dtype"]])
+    return int(profile.param_count * per_param + sum(r * state[m] for (_, m), r in assignment.items()))

@@ -74,6 +74,7 @@ class Plan:
     seconds: float = 0.0
     importance: str = "uniform"  # which layer value the plan maximised: the profile's method, a prior, or "custom"
     gradient_checkpointing: bool = False  # the profile's lever: every client trains with checkpointing on
+    quantization: str | None = None  # the profile's quantised base ("nf4", "int8"): every client trains on it
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -233,6 +234,8 @@ def _client_result(s: _Setting, client: ClientSpec, sol, memo: dict) -> ClientPl
     tensor, entries = memo[key]
     extras = {**sol.extras, "solver_status": sol.status} if sol.status == "feasible" else dict(sol.extras)
     extras["gradient_checkpointing"] = s.profile.checkpointed
+    if s.profile.quantization:
+        extras["quantization"] = s.profile.quantization
     return ClientPlan.planned(client, reserve_bytes=s.reserve_bytes, tensor_bytes=tensor, objective=sol.objective,
                               entries=entries, solver=sol.solver, extras=extras)
 
@@ -288,7 +291,7 @@ def plan_fleet(profile: ModelProfile, clients: Sequence[ClientSpec], solver: str
     return Plan(profile=profile.name, profile_checksum=profile.to_json()["checksum"], batch_size=batch, seq_len=seq,
                 solver=solver, target_modules=targets, ranks=ranks, clients=tuple(planned[c.id] for c in clients),
                 seconds=round(time.perf_counter() - t0, 4), importance=importance_name,
-                gradient_checkpointing=profile.checkpointed)
+                gradient_checkpointing=profile.checkpointed, quantization=profile.quantization)
 
 
 def plan_fleet_auto(plain: ModelProfile, checkpointed: ModelProfile, clients: Sequence[ClientSpec],
@@ -299,7 +302,8 @@ def plan_fleet_auto(plain: ModelProfile, checkpointed: ModelProfile, clients: Se
     records the choice, and the executor applies it per client."""
     import dataclasses
 
-    if not checkpointed.checkpointed or plain.checkpointed or plain.name != checkpointed.name:
+    if (not checkpointed.checkpointed or plain.checkpointed or plain.name != checkpointed.name
+            or plain.quantization != checkpointed.quantization):
         raise LoraPlannerError("--gradient-checkpointing auto", "one model's profiles with the lever off and on",
                                f"{plain.name} / {checkpointed.name}", "Use shipped --model profiles (see `profile --list`).")
     off = plan_fleet(plain, clients, drop_infeasible=True, **kwargs)

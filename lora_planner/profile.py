@@ -187,6 +187,16 @@ class ModelProfile:
         return bool(self.conditions.get("gradient_checkpointing", False))
 
     @property
+    def quantization(self) -> str | None:
+        """The quantised base it was profiled on ("nf4", "int8"), or None (conditions["quantization"])."""
+        return self.conditions.get("quantization") or None
+
+    @property
+    def condition_set(self) -> str:
+        """Its condition set's name, as ``profile --list`` shows it: plain, gradient-checkpointing, nf4, nf4+gradient-checkpointing, ..."""
+        return condition_name(self.checkpointed, self.quantization)
+
+    @property
     def batch_size(self) -> int:
         return int(self.conditions["batch_size"])
 
@@ -289,9 +299,22 @@ def profiles_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "profiles"
 
 
-# A shipped profile per model and condition set: profiles/NAME.json (plain: no lever), profiles/NAME@gc.json
-# (gradient checkpointing on).
-CONDITION_SUFFIX = {"plain": "", "gradient-checkpointing": "@gc"}
+# A shipped profile per model and condition set: profiles/NAME.json (plain: no lever), NAME@gc.json (gradient
+# checkpointing on), NAME@nf4.json and NAME@int8.json (a bitsandbytes base), NAME@nf4+gc.json, NAME@int8+gc.json.
+QUANT_NAMES = ("nf4", "int8")
+
+
+def condition_name(gradient_checkpointing: bool, quantization: str | None) -> str:
+    parts = ([quantization] if quantization else []) + (["gradient-checkpointing"] if gradient_checkpointing else [])
+    return "+".join(parts) or "plain"
+
+
+def condition_suffix(gradient_checkpointing: bool, quantization: str | None) -> str:
+    parts = ([quantization] if quantization else []) + (["gc"] if gradient_checkpointing else [])
+    return "@" + "+".join(parts) if parts else ""
+
+
+CONDITION_SUFFIX = {condition_name(gc, q): condition_suffix(gc, q) for q in (None, *QUANT_NAMES) for gc in (False, True)}
 
 
 def shipped_models() -> list[str]:
@@ -308,15 +331,19 @@ def shipped_conditions() -> dict[str, list[str]]:
     return out
 
 
-def shipped_profile(name: str, gradient_checkpointing: bool = False) -> ModelProfile:
-    """The shipped profile of a model name such as 'llama-2-7b' (and a condition set)."""
+def shipped_profile(name: str, gradient_checkpointing: bool = False, quantization: str | None = None) -> ModelProfile:
+    """The shipped profile of a model name such as 'llama-2-7b' under a condition set (levers off by default)."""
     known = shipped_models()
     if name not in known:
         raise LoraPlannerError("--model", "a shipped model name", name, nearest(name, known) + " Or pass --profile FILE.")
-    suffix = CONDITION_SUFFIX["gradient-checkpointing" if gradient_checkpointing else "plain"]
-    path = profiles_dir() / f"{name}{suffix}.json"
+    if quantization is not None and quantization not in QUANT_NAMES:
+        raise LoraPlannerError("--quantization", f"one of {', '.join(QUANT_NAMES)}", quantization, "E.g. --quantization nf4.")
+    condition = condition_name(gradient_checkpointing, quantization)
+    path = profiles_dir() / f"{name}{CONDITION_SUFFIX[condition]}.json"
     if not path.is_file():
         have = ", ".join(shipped_conditions()[name])
-        raise LoraPlannerError("--gradient-checkpointing", f"a condition shipped for {name} ({have})", "on",
-                               f"Profile it: lora-planner profile {name} --gradient-checkpointing -o p.json, then --profile p.json.")
+        flags = (f" --quantization {quantization}" if quantization else "") + (" --gradient-checkpointing" if gradient_checkpointing else "")
+        field = "--quantization" if quantization else "--gradient-checkpointing"
+        raise LoraPlannerError(field, f"a condition set shipped for {name} ({have})", condition,
+                               f"Profile it: lora-planner profile {name}{flags} -o p.json, then --profile p.json.")
     return load_profile(path)

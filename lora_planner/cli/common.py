@@ -16,10 +16,21 @@ def add_profile_args(p, required: bool = True, auto: bool = False) -> None:
                    help="with --model: the shipped profile made with checkpointing on or off (default off)"
                         + ("; auto: per client, on where that fits more value" if auto else "")
                         + "; with --profile: checked against the profile's own condition")
+    p.add_argument("--quantization", choices=("nf4", "int8", "none"), default=None,
+                   help="with --model: the shipped profile of a bitsandbytes base (QLoRA: nf4; LLM.int8(): int8; default "
+                        "none); with --profile: checked against the profile's own condition")
 
 
-def get_profile(args) -> ModelProfile:
+def quantization_arg(args) -> str | None:
+    q = getattr(args, "quantization", None)
+    return None if q in (None, "none") else q
+
+
+def get_profile(args, gradient_checkpointing: bool | None = None) -> ModelProfile:
+    """The profile of --profile FILE, or the shipped one of --model NAME under the lever flags (checked against
+    a FILE's own conditions). ``gradient_checkpointing`` overrides the flag (``auto`` loads both sets)."""
     lever = getattr(args, "gradient_checkpointing", None)
+    quant_flag = getattr(args, "quantization", None)
     if lever == "auto" and not args.model:
         raise LoraPlannerError("--gradient-checkpointing auto", "used with --model (it plans under both shipped profiles)",
                                "--profile", "Pass --model NAME, or on/off with --profile.")
@@ -29,9 +40,14 @@ def get_profile(args) -> ModelProfile:
             raise LoraPlannerError("--gradient-checkpointing", f"the condition {args.profile} was profiled under "
                                    f"({'on' if profile.checkpointed else 'off'})", lever,
                                    "Drop the flag, or profile again with(out) `lora-planner profile --gradient-checkpointing`.")
+        if quant_flag is not None and quantization_arg(args) != profile.quantization:
+            raise LoraPlannerError("--quantization", f"the condition {args.profile} was profiled under "
+                                   f"({profile.quantization or 'none'})", quant_flag,
+                                   "Drop the flag, or profile again with `lora-planner profile --quantization ...`.")
         return profile
     if args.model:
-        return shipped_profile(args.model, gradient_checkpointing=lever == "on")
+        ckpt = (lever == "on") if gradient_checkpointing is None else gradient_checkpointing
+        return shipped_profile(args.model, gradient_checkpointing=ckpt, quantization=quantization_arg(args))
     raise LoraPlannerError("--profile/--model", "given", "neither", "Pass --model llama-2-7b or --profile FILE.")
 
 

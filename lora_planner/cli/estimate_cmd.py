@@ -41,6 +41,7 @@ def estimate(profile, cfg: dict, batch: int | None, seq: int | None, reserve_byt
         "phase_bytes": phases, "binding_phase": max(phases, key=phases.get),
         "rule_of_thumb_bytes": rule_of_thumb_bytes(profile, a),
         "gradient_checkpointing": profile.checkpointed,
+        "quantization": profile.quantization,
         "note": shape_note(profile, batch, seq),
     }
 
@@ -55,7 +56,8 @@ def run(args) -> int:
     print(f"{result['model']}: {result['adapted_modules']} adapted modules in {len(result['layers'])} layers, "
           f"{result['trainable_params']:,} trainable params, batch {result['batch_size']} x {result['seq_len']}")
     print(f"  predicted peak tensors  {format_size(result['predicted_tensor_bytes'])}  (binding phase: {result['binding_phase']}; "
-          f"gradient checkpointing {'on' if result['gradient_checkpointing'] else 'off'}, from the profile)")
+          f"gradient checkpointing {'on' if result['gradient_checkpointing'] else 'off'}, "
+          f"base {result['quantization'] or 'unquantised'}, from the profile)")
     print(f"  reserve                 {format_size(result['reserve_bytes'])}")
     print(f"  predicted total         {format_size(result['predicted_bytes'])}")
     print(f"  params-only estimate    {format_size(result['rule_of_thumb_bytes'])}  (what parameter calculators say; no activations)")

@@ -12,7 +12,8 @@ EXAMPLES = """examples:
   lora-planner profile llama-2-7b -o llama-2-7b.json              # a shipped config, traced on meta tensors
   lora-planner profile ./my-model/ --batch-size 4 --seq-len 1024 -o my.json
   lora-planner profile config.json --task seq-cls --num-labels 77 --target-modules query,value -o cls.json
-  lora-planner profile --list                                      # shipped model names
+  lora-planner profile llama-2-7b --quantization nf4 --gradient-checkpointing -o q.json   # QLoRA's levers
+  lora-planner profile --list                                      # shipped model names and condition sets
 
 layer importance (stored in the profile; `lora-planner solve --profile` then uses it):
   lora-planner profile all-minilm-l6-v2 --task seq-cls --num-labels 77 --seq-len 64 \\
@@ -33,6 +34,9 @@ def register(sub) -> None:
     p.add_argument("--list", action="store_true", help="list shipped model configs and the shipped profiles' conditions, and exit")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="profile the step with gradient checkpointing on (non-reentrant, input embeddings requiring grad)")
+    p.add_argument("--quantization", choices=("nf4", "int8"), default=None,
+                   help="profile on a bitsandbytes base prepared the QLoRA way (peft.prepare_model_for_kbit_training): nf4 "
+                        "(4-bit NF4, double quantisation, compute dtype = --dtype) or int8 (LLM.int8()); needs bitsandbytes")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=1)
     p.add_argument("--seq-len", type=positive_int("--seq-len"), default=512)
     p.add_argument("--dtype", default="bf16", help="frozen weights: bf16 | fp16 | fp32 (default bf16)")
@@ -82,7 +86,7 @@ def run(args) -> int:
     profile = profile_model(args.model, batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype, task=args.task,
                             num_labels=args.num_labels, target_modules=targets, method=args.method, validate=args.validate,
                             name=args.name, workers=args.workers, progress=progress_factory(),
-                            gradient_checkpointing=args.gradient_checkpointing)
+                            gradient_checkpointing=args.gradient_checkpointing, quantization=args.quantization)
     if importance:
         import dataclasses
 
@@ -148,7 +152,7 @@ def report(profile) -> str:
                      f"{(pred - meas) / meas:+.2%}" if meas else "", format_size(rule_of_thumb_bytes(profile, a))])
     c = profile.conditions
     head = (f"{profile.name}: {profile.num_layers} blocks, {profile.param_count / 1e9:.2f} B params, batch {c['batch_size']} x "
-            f"{c['seq_len']} tokens, {c['dtype']}, AdamW, {c['method']}\n"
+            f"{c['seq_len']} tokens, {c['dtype']}, AdamW, {c['method']}, condition set {profile.condition_set}\n"
             f"peak of a step with LoRA r=8 on {', '.join(profile.default_targets)} of one layer only:")
     out = [head, table(rows, ["layer", "predicted", "measured", "error", "params-only"])]
     if v:

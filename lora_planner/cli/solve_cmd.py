@@ -69,9 +69,8 @@ def run(args) -> int:
                   seed=args.seed, importance=args.importance, time_limit=args.time_limit)
     if args.gradient_checkpointing == "auto":
         from ..plan import plan_fleet_auto
-        from ..profile import shipped_profile
 
-        plan = plan_fleet_auto(profile, shipped_profile(args.model, gradient_checkpointing=True), clients, **kwargs)
+        plan = plan_fleet_auto(profile, get_profile(args, gradient_checkpointing=True), clients, **kwargs)
     else:
         plan = plan_fleet(profile, clients, **kwargs)
     if args.output:
@@ -112,7 +111,8 @@ def render(plan, profile) -> str:
                      f"{c.objective:.3f} {extra}".strip() + (" (feasible: time limit)" if c.extras.get("solver_status") == "feasible" else "")
                      + (" [checkpointing]" if c.extras.get("gradient_checkpointing") else "")])
     head = (f"{plan.profile}: batch {plan.batch_size} x {plan.seq_len} tokens, targets {','.join(plan.target_modules)}, "
-            f"ranks {','.join(map(str, plan.ranks))}, solver {plan.solver} ({plan.seconds * 1000:.0f} ms), importance {plan.importance}")
+            f"ranks {','.join(map(str, plan.ranks))}, solver {plan.solver} ({plan.seconds * 1000:.0f} ms), importance {plan.importance}"
+            + (f", base {plan.quantization}" if plan.quantization else ""))
     total = sum(c.objective for c in plan.clients)
     taking_part = sum(c.status == "planned" for c in plan.clients)
     foot = f"clients taking part: {taking_part}/{len(plan.clients)}; total value {total:.3f} (1.0 = every layer of one client at the top rank)"

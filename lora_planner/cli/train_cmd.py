@@ -28,7 +28,7 @@ FIELDS = ("model", "task", "num_labels", "data", "eval_data", "text_column", "la
           "context_column", "response_column", "method", "solver", "aggregation", "importance", "profile", "rounds",
           "local_steps", "batch_size", "seq_len", "lr", "max_grad_norm", "dtype", "seed", "fraction", "min_clients",
           "replan_every", "beta", "ig_samples", "eval_samples", "eval_batch_size", "backend", "device", "measure", "dirichlet",
-          "num_supernodes", "round_timeout", "gradient_checkpointing")
+          "num_supernodes", "round_timeout", "gradient_checkpointing", "quantization")
 
 
 def register(sub) -> None:
@@ -75,6 +75,9 @@ def register(sub) -> None:
     g.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), help="frozen-weight dtype (default fp32)")
     g.add_argument("--gradient-checkpointing", action="store_true",
                    help="train every client with gradient checkpointing on; plans from a profile traced with it on")
+    g.add_argument("--quantization", choices=("nf4", "int8"),
+                   help="train on a bitsandbytes base (QLoRA's nf4, or int8), loaded from the local folder and prepared "
+                        "with peft.prepare_model_for_kbit_training; plans from a profile traced on it (needs bitsandbytes)")
     g.add_argument("--seed", type=int, help="default 0")
     g.add_argument("--fraction", type=float, help="share of clients selected each round (default 1)")
     g.add_argument("--min-clients", type=int, help="fail a round with fewer usable updates (default 1)")

@@ -54,7 +54,8 @@ class InProcessBackend:
         self.settings, self.data, self.eval_data = settings, data, eval_data
         self.eval_indices = eval_indices
         self.faults = dict(faults or {})  # (client id, round) -> fault kind, for drills and tests
-        self.base = SharedBase(settings.model, settings.task, settings.num_labels, settings.dtype, settings.seed, settings.device)
+        self.base = SharedBase(settings.model, settings.task, settings.num_labels, settings.dtype, settings.seed, settings.device,
+                               quantization=settings.quantization)
 
     def score(self, tasks: Sequence[ScoreTask]) -> list[Any]:
         from ..importance.measure import local_ig

@@ -120,7 +120,7 @@ def training_profile(s: RunSettings, progress=None) -> ModelProfile:
 
     return profile_model(s.model, batch_size=s.batch_size, seq_len=s.seq_len, dtype=s.dtype, task=s.task,
                          num_labels=s.num_labels, validate=2, seed=s.seed, progress=progress,
-                         gradient_checkpointing=s.gradient_checkpointing)
+                         gradient_checkpointing=s.gradient_checkpointing, quantization=s.quantization)
 
 
 def check_profile(job: Job) -> None:
@@ -134,6 +134,9 @@ def check_profile(job: Job) -> None:
         want = "on" if s.gradient_checkpointing else "off"
         raise LoraPlannerError("profile", f"a profile made with gradient checkpointing {want}", "on" if p.checkpointed else "off",
                                "Profile with the lever as training uses it (`lora-planner profile --gradient-checkpointing`).")
+    if p.quantization != s.quantization:
+        raise LoraPlannerError("profile", f"a profile made on a {s.quantization or 'unquantised'} base", p.quantization or "unquantised",
+                               "Profile with the lever as training uses it (`lora-planner profile --quantization ...`).")
     if job.fixed_plan is not None:
         from ..memory import check_assignment
 

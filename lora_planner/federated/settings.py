@@ -87,6 +87,7 @@ class RunSettings:
     num_supernodes: int = 0  # flower simulation: nodes to start (0: one per fleet client)
     measure: str = "new"  # measure a client's peak when its config is new ("new"), every round ("every"), or "never"
     gradient_checkpointing: bool = False  # every client trains with it on (training.levers); the profile is traced so
+    quantization: str | None = None  # "nf4" | "int8": every client trains on this bitsandbytes base (training.levers)
 
     def resolved(self) -> "RunSettings":
         """The method's defaults filled in where the overrides are empty."""
@@ -144,6 +145,13 @@ def check(s: RunSettings) -> None:
         problems.append(LoraPlannerError("task", f"one of {', '.join(TASKS)}", s.task, "E.g. seq-cls."))
     if s.dtype not in ("fp32", "bf16", "fp16"):
         problems.append(LoraPlannerError("dtype", "one of fp32, bf16, fp16", s.dtype, "E.g. fp32."))
+    if s.quantization is not None:
+        if s.quantization not in ("nf4", "int8"):
+            problems.append(LoraPlannerError("quantization", "one of nf4, int8", s.quantization, "E.g. --quantization nf4."))
+        elif s.aggregation == "flora":
+            problems.append(LoraPlannerError("aggregation", "one that keeps the base frozen with a quantised base (FLoRA "
+                                             "folds each round's update into the base weights, which are 4-/8-bit here)",
+                                             s.aggregation, "Use hetlora, stagg, flexlora or fedit, or drop --quantization."))
     if s.measure not in ("new", "every", "never"):
         problems.append(LoraPlannerError("measure", "one of new, every, never", s.measure, "E.g. new (each new config once)."))
     if s.eval_samples is not None:

@@ -14,10 +14,10 @@ app = ClientApp()
 
 
 @functools.lru_cache(maxsize=2)
-def shared_base(model: str, task: str, num_labels: int, dtype: str, seed: int, device: str):
+def shared_base(model: str, task: str, num_labels: int, dtype: str, seed: int, device: str, quantization: str | None = None):
     from ..training.client import SharedBase
 
-    return SharedBase(model, task, num_labels, dtype, seed, device)
+    return SharedBase(model, task, num_labels, dtype, seed, device, quantization=quantization)
 
 
 @functools.lru_cache(maxsize=2)
@@ -50,7 +50,7 @@ def score(content) -> RecordDict:
 
     body = json.loads(content["score"]["json"])
     s = body["settings"]
-    base = shared_base(s["model"], s["task"], s["num_labels"], s["dtype"], s["seed"], s["device"])
+    base = shared_base(s["model"], s["task"], s["num_labels"], s["dtype"], s["seed"], s["device"], s.get("quantization"))
     data = dataset(s["data"], s["task"], s["text_column"], s["label_column"], s["instruction_column"], s["context_column"],
                    s["response_column"], s["num_labels"])
     idx, bs = body["indices"], body["batch_size"]
@@ -65,7 +65,7 @@ def train(msg: Message, context: Context) -> Message:
     task, s = read_task(msg.content)
     if task.fault == "crash-app":
         raise RuntimeError("injected fault: the ClientApp raised")
-    base = shared_base(s["model"], s["task"], s["num_labels"], s["dtype"], s["seed"], s["device"])
+    base = shared_base(s["model"], s["task"], s["num_labels"], s["dtype"], s["seed"], s["device"], s.get("quantization"))
     data = dataset(s["data"], s["task"], s["text_column"], s["label_column"], s["instruction_column"], s["context_column"],
                    s["response_column"], s["num_labels"])
     return Message(result_record(run_client(base, data, task), partition_id(context)), reply_to=msg)

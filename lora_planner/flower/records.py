@@ -18,7 +18,7 @@ from ..aggregation.updates import ClientUpdate
 from ..training.client import ClientResult, ClientTask
 
 CLIENT_SETTINGS = ("model", "task", "num_labels", "dtype", "seed", "data", "text_column", "label_column",
-                   "instruction_column", "context_column", "response_column", "device")
+                   "instruction_column", "context_column", "response_column", "device", "quantization")
 
 
 def _dtype_name(t) -> str:

@@ -47,8 +47,10 @@ def require_weights(model: str) -> Path:
     return folder
 
 
-def load_model(model: str, task: str, num_labels: int = 2, seed: int = 0, dtype: str = "fp32"):
+def load_model(model: str, task: str, num_labels: int = 2, seed: int = 0, dtype: str = "fp32", quantization: str | None = None,
+               device_map: str | None = None):
     """(model, tokenizer, folder) for a model with real weights (``dtype``: fp32, bf16, fp16), from a local folder only.
+    ``quantization`` ("nf4", "int8"): loaded through bitsandbytes (``training.levers.bnb_config``) onto ``device_map``.
 
     Raises:
         LoraPlannerError: MODEL has no local weights or no tokenizer (importance needs a real forward pass).
@@ -69,6 +71,10 @@ def load_model(model: str, task: str, num_labels: int = 2, seed: int = 0, dtype:
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # "newly initialised classifier" is expected here
     try:
+        if quantization is not None:
+            from ..training.levers import bnb_config
+
+            kwargs.update(quantization_config=bnb_config(quantization, dtype), device_map=device_map or "cpu")
         net = cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True,
                                    dtype={"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype], **kwargs)
     finally:

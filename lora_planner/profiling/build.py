@@ -43,6 +43,31 @@ def build_base(config, task: str, dtype: str, meta: bool, attn_implementation: s
                                f"'{config.model_type}'", task, f"Try --task {other}; encoder-decoder models are not supported.") from None
 
 
+def build_quantized(config, task: str, dtype: str, quantization: str, meta: bool, attn_implementation: str | None = None,
+                    device_map: str = "cpu"):
+    """A base with a bitsandbytes-quantised body, as ``from_pretrained(folder, quantization_config=...)`` loads it.
+
+    meta: built on the meta device and quantised there (``levers.quantize_meta``). Real: ``from_config`` does
+    not quantise, so the config-built model (its random weights) is saved to a temporary folder and loaded back
+    with the quantisation config, the way a user loads a downloaded model.
+    """
+    import copy
+    import tempfile
+
+    from ..training.levers import bnb_config, quantize_meta
+
+    config = copy.deepcopy(config)  # the quantizer writes quantization_config into the model's config
+    if meta:
+        return quantize_meta(build_base(config, task, dtype, meta=True, attn_implementation=attn_implementation),
+                             quantization, dtype)
+    cls = _model_class(task)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    with tempfile.TemporaryDirectory(prefix="lora-planner-q-") as folder:
+        build_base(config, task, dtype, meta=False, attn_implementation=attn_implementation).save_pretrained(folder)
+        return cls.from_pretrained(folder, quantization_config=bnb_config(quantization, dtype), device_map=device_map,
+                                   dtype=DTYPES[dtype], **kwargs)
+
+
 def find_blocks(model) -> tuple[str, torch.nn.ModuleList]:
     """The ModuleList of transformer blocks: the largest ModuleList of identical blocks."""
     best = None

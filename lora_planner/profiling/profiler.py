@@ -32,7 +32,8 @@ def _config(model: str, task: str | None, num_labels: int, layers: int | None = 
     return truncated(config, layers) if layers else config
 
 
-def _structure(model: str, task: str | None, num_labels: int, dtype: str, gradient_checkpointing: bool = False):
+def _structure(model: str, task: str | None, num_labels: int, dtype: str, gradient_checkpointing: bool = False,
+               quantization: str | None = None):
     """The config's facts, discovery, one block's frozen bytes and PEFT's default target names:
     run in a trace worker, so the calling process imports none of transformers, peft or torch."""
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as MAP
@@ -49,32 +50,55 @@ def _structure(model: str, task: str | None, num_labels: int, dtype: str, gradie
     facts = {"task": task, "num_layers": n_layers, "architecture": (config.architectures or [type(config).__name__])[0]}
     try:
         disc = discover(config, task, dtype)
-        frozen = _block_frozen_bytes(config, task, dtype, disc.prefix)
+        frozen = _block_frozen_bytes(config, task, dtype, disc.prefix, quantization)
         if gradient_checkpointing:
-            _check_checkpointing(config, task, dtype)
+            _check_checkpointing(config, task, dtype, quantization)
+        if quantization is not None:  # one short step on a 1-block twin: what bitsandbytes + PEFT cannot train fails here
+            from .trace import trace_assignment
+
+            trace_assignment(truncated(config, 1), task, dtype, disc.prefix, {(0, disc.modules[0].name): 1}, 1, 8,
+                             gradient_checkpointing=gradient_checkpointing, quantization=quantization)
     except LoraPlannerError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a model we cannot build raises, the user gets one line
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        if quantization is not None:
+            raise LoraPlannerError("--quantization", f"a lever bitsandbytes {_version('bitsandbytes')} and peft can train on "
+                                   f"model_type '{config.model_type}'", f"{quantization} ({detail})",
+                                   "Profile it without --quantization (tested on: Llama, Mistral, Qwen2, GPT-2, GPT-NeoX).") from None
         raise LoraPlannerError("MODEL", "an architecture lora-planner can trace (decoder-only causal LMs, encoder "
                                "classifiers)", f"model_type '{config.model_type}' ({detail})",
                                "See `lora-planner profile --list` for tested ones.") from None
     return facts, disc, frozen, list(MAP.get(config.model_type) or [])
 
 
-def _block_frozen_bytes(config, task: str, dtype: str, prefix: str) -> int:
+def _block_frozen_bytes(config, task: str, dtype: str, prefix: str, quantization: str | None = None) -> int:
+    """Bytes one more block adds between steps: its parameters and buffers, and on a quantised base its
+    quant state too, after the lever's preparation (norms in fp32). Storages every block shares (bitsandbytes'
+    one nested-quantisation code map) are not the block's."""
+    from ..training.levers import apply_levers, quant_state_tensors
+    from .build import build_base, build_quantized
+
+    if quantization is None:
+        one = build_base(truncated(config, 1), task, dtype, meta=True)
+        block = one.get_submodule(prefix)[0]
+        return sum(t.numel() * t.element_size() for t in list(block.parameters()) + list(block.buffers()))
+    two = apply_levers(build_quantized(truncated(config, 2), task, dtype, quantization, meta=True), quantization=quantization)
+    blocks = two.get_submodule(prefix)
+
+    def storages(block) -> dict[int, int]:
+        tensors = list(block.parameters()) + list(block.buffers()) + quant_state_tensors(block)
+        return {id(t.untyped_storage()): t.untyped_storage().nbytes() for t in tensors}
+    first, second = storages(blocks[0]), storages(blocks[1])
+    return sum(n for k, n in second.items() if k not in first)
+
+
+def _check_checkpointing(config, task: str, dtype: str, quantization: str | None = None) -> None:
+    from ..training.levers import apply_levers
     from .build import build_base
 
-    one = build_base(truncated(config, 1), task, dtype, meta=True)
-    block = one.get_submodule(prefix)[0]
-    return sum(t.numel() * t.element_size() for t in list(block.parameters()) + list(block.buffers()))
-
-
-def _check_checkpointing(config, task: str, dtype: str) -> None:
-    from ..training.levers import set_gradient_checkpointing
-    from .build import build_base
-
-    set_gradient_checkpointing(build_base(truncated(config, 1), task, dtype, meta=True), True)  # one line if unsupported
+    # one line if unsupported (the check needs no quantised weights: it asks the model class)
+    apply_levers(build_base(truncated(config, 1), task, dtype, meta=True), gradient_checkpointing=True)
 
 
 def require_torch_extra() -> None:
@@ -92,7 +116,7 @@ def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: st
                   num_labels: int = 2, target_modules: Sequence[str] | None = None, method: str = "traced",
                   validate: int = 10, seed: int = 0, name: str | None = None, workers: int | None = None,
                   progress: Callable[[str, int], Callable[[], None]] | None = None,
-                  gradient_checkpointing: bool = False) -> ModelProfile:
+                  gradient_checkpointing: bool = False, quantization: str | None = None) -> ModelProfile:
     """Profile one model's training memory (DESIGN §4) and validate the separable model.
 
     Args:
@@ -107,6 +131,8 @@ def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: st
         progress: ``progress(label, total)`` returns a callable ticked once per trace.
         gradient_checkpointing: profile the step with checkpointing on (``training.levers``, as the
             executor turns it on); the terms are then per block phase (``ckpt_fit``).
+        quantization: "nf4" or "int8": a bitsandbytes base prepared the QLoRA way (``training.levers``);
+            ``dtype`` is then the 4-bit compute dtype and the load dtype of what stays unquantised.
 
     Raises:
         LoraPlannerError: on any bad argument (one line each).
@@ -123,17 +149,22 @@ def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: st
     if path is None or not path.is_file():
         load_config(model)  # not a model we can read: its one-line error, before any worker starts
     require_torch_extra()
+    from ..training.levers import check_quantization, require_bitsandbytes
+
+    quantization = check_quantization(quantization)
+    if quantization is not None:
+        require_bitsandbytes()
     t_start = time.perf_counter()
     # Workers start importing torch, transformers, peft and the modeling code at once, and read the
     # config themselves: this process imports none of them.
     with _TracePool(workers, method, modeling_module(model)) as pool:
         return _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, method, validate, seed, name, model,
-                        progress, pool, t_start, bool(gradient_checkpointing))
+                        progress, pool, t_start, bool(gradient_checkpointing), quantization)
 
 
 def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, method, validate, seed, name, model, progress,
-             pool, t_start, ckpt: bool = False) -> ModelProfile:
-    facts, disc, block_bytes, peft_wanted = pool.call(_structure, model, task, num_labels, dtype, ckpt)
+             pool, t_start, ckpt: bool = False, quant: str | None = None) -> ModelProfile:
+    facts, disc, block_bytes, peft_wanted = pool.call(_structure, model, task, num_labels, dtype, ckpt, quant)
     task, n_layers = facts["task"], facts["num_layers"]
     draft = ModelProfile(name=name or model, architecture=facts["architecture"], task=task,
                          num_layers=n_layers, layer_prefix=disc.prefix, modules=disc.modules, default_targets=(),
@@ -147,17 +178,17 @@ def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, metho
     shapes = fit.fit_shapes(batch_size, seq_len)
     if ckpt:
         return _profile_checkpointed(draft, facts, disc, targets, shapes, model, task, num_labels, dtype, batch_size,
-                                     seq_len, method, validate, seed, progress, pool, t_start)
+                                     seq_len, method, validate, seed, progress, pool, t_start, quant)
     # The full design at the first two shapes; at the other two only what the attention-dependent
     # terms need (the token-scaled ones are on a line in T through the first two: fit.TOKEN_KINDS).
     designs = [fit.design(disc.modules, FIT_LAYERS - 1, full=i < 2) for i in range(len(shapes))]
     small, full = (model, task, num_labels, FIT_LAYERS), (model, task, num_labels, None)  # configs, read by workers
-    fit_jobs = [(small, task, dtype, disc.prefix, a, b, s, method, seed) for (b, s), d in zip(shapes, designs) for a in d]
+    job = lambda cfg, a, b, s: (cfg, task, dtype, disc.prefix, a, b, s, method, seed, False, quant)  # noqa: E731
+    fit_jobs = [job(small, a, b, s) for (b, s), d in zip(shapes, designs) for a in d]
     probes = fit.branch_probes(disc.modules, FIT_LAYERS - 1)  # parallel branches? (GPT-NeoX)
-    fit_jobs += [(small, task, dtype, disc.prefix, a, batch_size, seq_len, method, seed) for _, _, a in probes]
+    fit_jobs += [job(small, a, batch_size, seq_len) for _, _, a in probes]
     checks, holdout, (hb, hs) = _validation_assignments(draft, targets, n_layers, validate, seed, batch_size, seq_len)
-    check_jobs = [(full, task, dtype, disc.prefix, a, batch_size, seq_len, method, seed) for a in checks]
-    check_jobs += [(full, task, dtype, disc.prefix, a, hb, hs, method, seed) for a in holdout]
+    check_jobs = [job(full, a, batch_size, seq_len) for a in checks] + [job(full, a, hb, hs) for a in holdout]
     # The long full-depth traces go first, one job at a time, so that the short fit traces fill the
     # gaps and no worker is left with a run of long ones at the end.
     ticks = _two_bars(progress, ("validation traces", len(check_jobs)), ("fit traces", len(fit_jobs)))
@@ -174,7 +205,7 @@ def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, metho
     disc = dataclasses.replace(disc, modules=modules)
     gap = (n_layers - FIT_LAYERS) * block_bytes
     phases = fit.assemble(per_shape, disc.modules, gap)
-    conditions = _conditions(batch_size, seq_len, dtype, disc, method, residual, branches=branch_report)
+    conditions = _conditions(batch_size, seq_len, dtype, disc, method, residual, quantization=quant, branches=branch_report)
     profile = ModelProfile(name=draft.name, architecture=draft.architecture, task=task, num_layers=n_layers,
                            layer_prefix=disc.prefix, modules=disc.modules, default_targets=targets,
                            max_positions=disc.max_positions, param_count=disc.param_count, conditions=conditions,
@@ -183,7 +214,7 @@ def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, metho
 
 
 def _profile_checkpointed(draft, facts, disc, targets, shapes, model, task, num_labels, dtype, batch_size, seq_len, method,
-                          validate, seed, progress, pool, t_start) -> ModelProfile:
+                          validate, seed, progress, pool, t_start, quant=None) -> ModelProfile:
     """The profile of a step with gradient checkpointing on: designed traces on a 3-block slice at four
     shapes, one 3- vs 4-block pair per shape for the blocks cut away, validated on full-depth traces."""
     from . import ckpt_fit
@@ -192,7 +223,7 @@ def _profile_checkpointed(draft, facts, disc, targets, shapes, model, task, num_
     design = ckpt_fit.design(disc.modules)
     small, four, full = ((model, task, num_labels, k) for k in (ckpt_fit.BLOCK_LAYERS, ckpt_fit.BLOCK_LAYERS + 1, None))
     gap_a = ckpt_fit.gap_assignment(disc.modules)
-    job = lambda cfg, a, b, s: (cfg, task, dtype, disc.prefix, a, b, s, method, seed, True)  # noqa: E731
+    job = lambda cfg, a, b, s: (cfg, task, dtype, disc.prefix, a, b, s, method, seed, True, quant)  # noqa: E731
     fit_jobs = [job(small, a, b, s) for b, s in shapes for a in design]
     fit_jobs += [job(cfg, gap_a, b, s) for b, s in shapes for cfg in (small, four)]
     checks, holdout, (hb, hs) = _validation_assignments(draft, targets, n_layers, validate, seed, batch_size, seq_len)
@@ -208,7 +239,8 @@ def _profile_checkpointed(draft, facts, disc, targets, shapes, model, task, num_
         three, fourth = peaks[len(shapes) * len(design) + 2 * i: len(shapes) * len(design) + 2 * i + 2]
         gaps[shape] = ckpt_fit.block_gap(three, fourth)
     phases = ckpt_fit.assemble(per_shape, gaps, disc.modules, n_layers)
-    conditions = _conditions(batch_size, seq_len, dtype, disc, method, residual, gradient_checkpointing=True)
+    conditions = _conditions(batch_size, seq_len, dtype, disc, method, residual, gradient_checkpointing=True,
+                             quantization=quant)
     return _validated(dataclasses.replace(draft, default_targets=targets, conditions=conditions, phases=phases),
                       measured, checks, holdout, (hb, hs), t_start)
 
@@ -226,14 +258,23 @@ def _validation_assignments(draft, targets, n_layers, validate, seed, batch_size
     return checks, holdout, (hb, hs)
 
 
-def _conditions(batch_size, seq_len, dtype, disc, method, residual, gradient_checkpointing=False, **extra) -> dict:
+def _conditions(batch_size, seq_len, dtype, disc, method, residual, gradient_checkpointing=False, quantization=None,
+                **extra) -> dict:
+    quant = {}
+    if quantization is not None:
+        from ..training.levers import QUANT_DESCRIPTION
+
+        quant = {"quantization": quantization, "quantization_detail": QUANT_DESCRIPTION[quantization]}
     return {
         "batch_size": batch_size, "seq_len": seq_len, "dtype": dtype,
         "adapter_dtype": "fp32",  # PEFT autocasts adapters to fp32 whatever the base dtype
         "optimizer": "adamw", "attn_implementation": disc.attn_implementation,
         "gradient_checkpointing": gradient_checkpointing, "method": method, "lora_dropout": 0.0,
         "step": f"steady state: 2nd of 2 identical steps of {STEP_DESCRIPTION}"
-                + ("; gradient checkpointing on (training.levers)" if gradient_checkpointing else ""),
+                + ("; gradient checkpointing on (training.levers)" if gradient_checkpointing else "")
+                + (f"; {quantization} base prepared by peft.prepare_model_for_kbit_training (training.levers)"
+                   if quantization else ""),
+        **quant,
         "fit_residual_bytes": round(residual, 1),
         **extra,
         "versions": _versions(),
@@ -251,7 +292,8 @@ def _trace_job(job):
     from .trace import trace_assignment
 
     return trace_assignment(copy.deepcopy(_config(*job[0])), *job[1:7], method=job[7], seed=job[8],
-                            gradient_checkpointing=job[9] if len(job) > 9 else False)
+                            gradient_checkpointing=job[9] if len(job) > 9 else False,
+                            quantization=job[10] if len(job) > 10 else None)
 
 
 def _warm(modules: tuple[str, ...]) -> None:
@@ -335,10 +377,19 @@ def _main_hidden():
             main.__spec__ = spec
 
 
+def _version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
 def _versions() -> dict[str, str]:
     from importlib.metadata import version
 
-    return {"lora_planner": __version__, **{k: version(k) for k in ("torch", "transformers", "peft")}}
+    from importlib.util import find_spec
+
+    names = ("torch", "transformers", "peft") + (("bitsandbytes",) if find_spec("bitsandbytes") else ())
+    return {"lora_planner": __version__, **{k: version(k) for k in names}}
 
 
 def _two_bars(progress, first: tuple[str, int], second: tuple[str, int]):

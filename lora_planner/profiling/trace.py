@@ -21,9 +21,9 @@ from typing import Mapping
 
 import torch
 
-from ..training.levers import set_gradient_checkpointing
+from ..training.levers import apply_levers, quant_state_tensors
 from ..training.step import train_step
-from .build import build_base, example_inputs, lora_config_for, materialize_fake
+from .build import build_base, build_quantized, example_inputs, lora_config_for, materialize_fake
 from .tracker import LiveBytes
 
 
@@ -88,6 +88,34 @@ def _cpu_attention_on_meta():
         yield
     finally:
         F.scaled_dot_product_attention = original
+
+
+@contextlib.contextmanager
+def _cpu_int8_on_meta():
+    """bitsandbytes' ``matmul`` sends a training step's int8 layers on CPU through ``MatMul8bitFp``
+    (dequantise the int8 weight, then ``linear``) and everything else, meta tensors included, through
+    ``MatMul8bitLt``, whose meta kernels cannot shape its outlier output. Make meta tensors choose as CPU
+    tensors would. Does nothing when bitsandbytes is not loaded."""
+    import sys
+
+    bnb = sys.modules.get("bitsandbytes")
+    if bnb is None:
+        yield
+        return
+    from bitsandbytes.autograd._functions import MatMul8bitFp
+
+    original = bnb.matmul
+
+    def matmul(A, B, out=None, state=None, threshold=0.0, bias=None):
+        if A.is_meta and state is not None and state.is_training:
+            return MatMul8bitFp.apply(A, B, out, bias, state)
+        return original(A, B, out=out, state=state, threshold=threshold, bias=bias)
+
+    bnb.matmul = matmul
+    try:
+        yield
+    finally:
+        bnb.matmul = original
 
 
 class _MetaLiveBytes(LiveBytes):
@@ -159,8 +187,8 @@ def tracked_step(model, inputs: Mapping[str, torch.Tensor], opt: torch.optim.Opt
                  max_grad_norm: float | None = None, per_block: bool = False):
     """One ``train_step`` under the live-bytes tracker: (the loss, per-phase peak live bytes).
 
-    The live set starts as what exists between two steps: parameters, buffers, the inputs and the
-    optimiser's state. The head's forward marks the "loss" phase (logits and the loss). ``per_block``:
+    The live set starts as what exists between two steps: parameters, buffers, a quantised base's quant
+    state (neither parameters nor buffers: ``levers.quant_state_tensors``), the inputs and the optimiser's state. The head's forward marks the "loss" phase (logits and the loss). ``per_block``:
     each block's forward and backward are phases of their own too ("fwd@l", "bwd@l"; checkpointing).
     """
     from peft import PeftModel
@@ -170,6 +198,7 @@ def tracked_step(model, inputs: Mapping[str, torch.Tensor], opt: torch.optim.Opt
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     tracker.track_all(model.parameters())
     tracker.track_all(model.buffers())
+    tracker.track_all(quant_state_tensors(base))
     tracker.track_all(v for v in inputs.values() if isinstance(v, torch.Tensor))
     for state in opt.state.values():
         tracker.track_all(state.values())
@@ -204,20 +233,24 @@ def step_peaks(model, inputs: Mapping[str, torch.Tensor], tracker: LiveBytes, st
 
 def trace_assignment(config, task: str, dtype: str, prefix: str, assignment: Mapping[tuple[int, str], int],
                      batch: int, seq: int, method: str = "traced", steps: int = 1, attn_implementation: str | None = None,
-                     seed: int = 0, gradient_checkpointing: bool = False) -> dict[str, int]:
+                     seed: int = 0, gradient_checkpointing: bool = False, quantization: str | None = None) -> dict[str, int]:
     """Per-phase peak live tensor bytes of one steady-state step of this LoRA assignment.
 
     ``method``: "traced" (meta tensors, no memory used), "fake" (fake tensors; same numbers,
     slower), "measured" (real CPU tensors, same tracker), or "cuda" (real CUDA tensors,
-    ``torch.cuda.max_memory_allocated``). ``gradient_checkpointing``: the lever as the executor
-    turns it on (``training.levers``).
+    ``torch.cuda.max_memory_allocated``). ``gradient_checkpointing``, ``quantization`` ("nf4", "int8"):
+    the levers as the executor turns them on (``training.levers.apply_levers``).
     """
     from peft import get_peft_model
 
-    levers = functools.partial(set_gradient_checkpointing, on=gradient_checkpointing)
+    levers = functools.partial(apply_levers, gradient_checkpointing=gradient_checkpointing, quantization=quantization)
     if method == "cuda":
-        return _cuda_peak(config, task, dtype, prefix, assignment, batch, seq, steps, attn_implementation, seed, levers)
+        return _cuda_peak(config, task, dtype, prefix, assignment, batch, seq, steps, attn_implementation, seed, levers,
+                          quantization)
     torch.manual_seed(seed)
+    if quantization is not None:
+        return _quantized_peaks(config, task, dtype, prefix, assignment, batch, seq, method, steps, attn_implementation,
+                                levers, quantization, gradient_checkpointing)
     if method == "traced":
         model = build_base(config, task, dtype, meta=True, attn_implementation=attn_implementation)
         levers(model)
@@ -247,7 +280,32 @@ def trace_assignment(config, task: str, dtype: str, prefix: str, assignment: Map
         return step_peaks(model, inputs, LiveBytes(), steps=steps, per_block=gradient_checkpointing)
 
 
-def _cuda_peak(config, task, dtype, prefix, assignment, batch, seq, steps, attn_implementation, seed, levers) -> dict[str, int]:
+def _quantized_peaks(config, task, dtype, prefix, assignment, batch, seq, method, steps, attn_implementation, levers,
+                     quantization, gradient_checkpointing) -> dict[str, int]:
+    """A step on a bitsandbytes base: traced on a meta-quantised twin, or measured on a real quantised load."""
+    from peft import get_peft_model
+
+    if method == "fake":
+        from ..errors import LoraPlannerError
+
+        raise LoraPlannerError("method", "traced or measured with a quantised base", "fake", "Use --method traced.")
+    meta = method == "traced"
+    model = build_quantized(config, task, dtype, quantization, meta=meta, attn_implementation=attn_implementation)
+    levers(model)
+    model = get_peft_model(model, lora_config_for(prefix, assignment, task))
+    model.train()
+    inputs = example_inputs(config, task, batch, seq)
+    if meta:
+        memo: dict[int, torch.Tensor] = {}
+        inputs = {k: memo.setdefault(id(v), v.to("meta")) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    ctx = (_unpacked_sequences(), _cpu_attention_on_meta()) if meta else (contextlib.nullcontext(), contextlib.nullcontext())
+    with ctx[0], ctx[1], _cpu_int8_on_meta():
+        return step_peaks(model, inputs, _MetaLiveBytes() if meta else LiveBytes(), steps=steps,
+                          per_block=gradient_checkpointing)
+
+
+def _cuda_peak(config, task, dtype, prefix, assignment, batch, seq, steps, attn_implementation, seed, levers,
+               quantization=None) -> dict[str, int]:
     """Measured on a GPU: allocator statistics around the last step (all phases folded into one)."""
     from peft import get_peft_model
 
@@ -256,7 +314,11 @@ def _cuda_peak(config, task, dtype, prefix, assignment, batch, seq, steps, attn_
 
         raise LoraPlannerError("method", "cuda only where a CUDA GPU is visible", "cuda", "Use --method traced or measured.")
     torch.manual_seed(seed)
-    model = build_base(config, task, dtype, meta=False, attn_implementation=attn_implementation).cuda()
+    if quantization is not None:
+        model = build_quantized(config, task, dtype, quantization, meta=False, attn_implementation=attn_implementation,
+                                device_map="cuda")
+    else:
+        model = build_base(config, task, dtype, meta=False, attn_implementation=attn_implementation).cuda()
     levers(model)
     model = get_peft_model(model, lora_config_for(prefix, assignment, task))
     model.train()

@@ -2,9 +2,15 @@
 
 Every tensor an op returns is counted once per storage; a weak reference to the storage takes its
 bytes off again when autograd or Python frees it. Peaks are kept per phase of the step.
+
+A custom op whose CPU kernel is a composite of torch ops (bitsandbytes' ``gemm_4bit``: dequantise the
+4-bit weight, then ``linear``) would hide its transients inside one dispatch: the tracker runs that
+composite itself, under the tracker, so the dequantised weight is counted while it lives (on meta and
+CPU alike; CPU runs exactly this composite).
 """
 from __future__ import annotations
 
+import sys
 import weakref
 
 import torch
@@ -13,6 +19,19 @@ from torch.utils._pytree import tree_map_only
 
 
 _SCALAR = torch.ops.aten._local_scalar_dense.default
+_COMPOSITES: dict | None = None
+
+
+def _composites() -> dict:
+    """op -> the Python composite its CPU kernel runs (bitsandbytes, when it is loaded)."""
+    global _COMPOSITES
+    if _COMPOSITES is None:
+        if "bitsandbytes" not in sys.modules:
+            return {}
+        from bitsandbytes.backends.default.ops import _gemm_4bit_default_impl
+
+        _COMPOSITES = {torch.ops.bitsandbytes.gemm_4bit.default: _gemm_4bit_default_impl}
+    return _COMPOSITES
 
 
 def _no_data(t: torch.Tensor) -> bool:
@@ -63,6 +82,10 @@ class LiveBytes(TorchDispatchMode):
         """
         if func is _SCALAR and args[0].dtype == torch.bool and _no_data(args[0]):
             return False
+        composite = _composites().get(func)
+        if composite is not None and args[0].device.type in ("cpu", "meta"):
+            with self:  # its inner ops are counted too
+                return composite(*args, **(kwargs or {}))
         return func(*args, **(kwargs or {}))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):

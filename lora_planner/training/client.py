@@ -14,7 +14,7 @@ from ..aggregation.rules import ClientPayload
 from ..aggregation.updates import ClientUpdate
 from ..data.load import Instructions, Records
 from ..errors import LoraPlannerError
-from .levers import set_gradient_checkpointing
+from .levers import apply_levers
 from .step import train_step
 
 
@@ -70,19 +70,27 @@ def one_line(exc: BaseException) -> str:
 class SharedBase:
     """The frozen base model and tokenizer, loaded once per process from a local folder."""
 
-    def __init__(self, model: str, task: str, num_labels: int, dtype: str = "fp32", seed: int = 0, device: str = "cpu"):
+    def __init__(self, model: str, task: str, num_labels: int, dtype: str = "fp32", seed: int = 0, device: str = "cpu",
+                 quantization: str | None = None):
         import torch
 
         from ..importance.measure import load_model
 
-        self.task, self.num_labels, self.dtype = task, num_labels, dtype
+        self.task, self.num_labels, self.dtype, self.quantization = task, num_labels, dtype, quantization
         if not (device == "cpu" or device.startswith("cuda")):
             raise LoraPlannerError("device", "cpu, cuda or cuda:N", device, "E.g. --device cuda.")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise LoraPlannerError("device", "a device this machine has", device, "No CUDA GPU is visible: use --device cpu.")
-        self.model, self.tokenizer, self.folder = load_model(model, task, num_labels, seed, dtype)
+        if quantization is not None:
+            from .levers import require_bitsandbytes
+
+            require_bitsandbytes()
+        self.model, self.tokenizer, self.folder = load_model(model, task, num_labels, seed, dtype, quantization=quantization,
+                                                             device_map=device)
         self.device = torch.device(device)
-        self.model.to(self.device)
+        if quantization is None:
+            self.model.to(self.device)
+        apply_levers(self.model, False, quantization)  # a quantised base: frozen, non-4-bit weights in fp32 (QLoRA)
         for p in self.model.parameters():
             p.requires_grad_(False)
         if getattr(self.model.config, "pad_token_id", None) is None and self.tokenizer.pad_token_id is not None:
@@ -94,6 +102,10 @@ class SharedBase:
         """Every module's base weight = its pristine value + ``delta[module]`` (ΔW is out x in; GPT-2's
         Conv1D stores in x out). Absolute, so the same payload applied twice changes nothing."""
         import torch
+
+        if delta and self.quantization is not None:
+            raise LoraPlannerError("aggregation", "one that keeps a quantised base frozen", "a base update (FLoRA)",
+                                   "Use hetlora, stagg, flexlora or fedit with --quantization.")
 
         from transformers.pytorch_utils import Conv1D
 
@@ -199,8 +211,8 @@ def run_client(base: SharedBase, data: Records | Instructions, task: ClientTask)
     model = None
     try:
         torch.manual_seed(task.seed)
+        apply_levers(base.model, task.gradient_checkpointing, base.quantization)  # as the profiler does: before PEFT wraps
         model = base.attach(task.adapter_config, task.payload)
-        set_gradient_checkpointing(base.model, task.gradient_checkpointing)
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=task.lr)
         losses = []
@@ -231,8 +243,9 @@ def run_client(base: SharedBase, data: Records | Instructions, task: ClientTask)
         result.extras["traceback"] = traceback.format_exc(limit=3)
     finally:
         if model is not None:
-            set_gradient_checkpointing(base.model, False)
             base.detach(model)
+        if task.gradient_checkpointing:
+            apply_levers(base.model, False, base.quantization)
         result.seconds = time.perf_counter() - t0
     return result
 

@@ -275,3 +275,28 @@ def test_gradient_checkpointing_is_applied_to_every_client_and_measured_beside_i
         assert c_on["measured_peak_bytes"] <= c_on["predicted_bytes"] <= 1.01 * c_on["measured_peak_bytes"], c_on
         assert c_on["measured_peak_bytes"] < c_off["measured_peak_bytes"], "checkpointing was applied: the peak fell"
     assert math.isfinite(rows(on)[0]["eval"]["loss"])
+
+
+def test_a_quantised_base_is_applied_to_every_client_and_measured_beside_its_prediction(tmp_path, tiny_llama_folder,
+                                                                                      dolly_small):
+    pytest.importorskip("bitsandbytes")
+    train, test = dolly_small
+    common = dict(model=str(tiny_llama_folder), task="causal-lm", data=str(train), eval_data=str(test), budgets=("64MiB",) * 2,
+                  method="hetlora", rounds=1, local_steps=2, batch_size=2, seq_len=32, partition="iid")
+    run = start(RunSettings(**common, quantization="nf4"), tmp_path / "nf4")
+    plan = json.loads((run / "plan" / "plan.json").read_text())
+    assert plan["quantization"] == "nf4"
+    assert json.loads((run / "profile.json").read_text())["conditions"]["quantization"] == "nf4"
+    for c in rows(run)[0]["clients"]:
+        # the profile's goal band: never under by more than 0.5 %, over by at most 3 %
+        assert 0.995 * c["measured_peak_bytes"] <= c["predicted_bytes"] <= 1.03 * c["measured_peak_bytes"], c
+    assert math.isfinite(rows(run)[0]["eval"]["loss"])
+
+
+def test_flora_is_refused_on_a_quantised_base(tmp_path, tiny_llama_folder, dolly_small):
+    train, test = dolly_small
+    s = RunSettings(model=str(tiny_llama_folder), task="causal-lm", data=str(train), eval_data=str(test), budgets=("64MiB",),
+                    method="flora", rounds=1, quantization="nf4", partition="iid")
+    with pytest.raises(LoraPlannerError, match="aggregation"):
+        start(s, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

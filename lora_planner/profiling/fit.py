@@ -168,6 +168,35 @@ def fit_basis(values_by_shape: Sequence[tuple[tuple[int, int], float]]) -> tuple
     return tuple(float(c) for c in coef / scale)
 
 
+def reference_excess(report: Sequence[Mapping]) -> float:
+    """m0's own lowest-block traversal, where branch probes saw it (``assign_branches``), else 0."""
+    seen = [r["reference_excess"] for r in report if r.get("reference_excess")]
+    return float(min(seen)) if seen else 0.0
+
+
+def shift_reference(phases: Mapping[str, PhaseTerms], excess: float, tokens: int) -> dict[str, PhaseTerms]:
+    """Give the reference module its lowest-block traversal ``excess`` (bytes at ``tokens`` tokens, scaled
+    with the token count: it is a saved activation): every lowest-block term gains it and the fixed term
+    loses it, so a lowest block on one branch predicts as before and one on two branches pays it once more.
+    The optimiser phase (activations gone) is left alone."""
+    import dataclasses
+
+    if not excess:
+        return dict(phases)
+    per_token = excess / tokens
+
+    def up(c, sign):
+        return (c[0], c[1] + sign * per_token, *c[2:])
+    out = {}
+    for phase, t in phases.items():
+        if phase == "opt":
+            out[phase] = t
+            continue
+        out[phase] = dataclasses.replace(t, fixed=up(t.fixed, -1), path_low={k: up(v, 1) for k, v in t.path_low.items()},
+                                         top_low={k: up(v, 1) for k, v in t.top_low.items()})
+    return out
+
+
 def assemble(per_shape: Mapping[tuple[int, int], Mapping[str, Mapping[tuple[str, str], float]]],
              modules: Sequence[ModuleInfo], frozen_gap_bytes: float) -> dict[str, PhaseTerms]:
     """Per-shape, per-phase term values -> PhaseTerms with BASIS coefficients."""
@@ -268,6 +297,7 @@ def assign_branches(modules: Sequence[ModuleInfo], probes, peaks: Sequence[Mappi
     import dataclasses
 
     m0 = max(modules, key=lambda m: m.order).name
+    m0_group = next(m.group for m in modules if m.name == m0)
     groups = sorted({m.group for m in modules}, key=lambda g: min(m.order for m in modules if m.group == g))
     parent = {g: g for g in groups}
 
@@ -296,14 +326,33 @@ def assign_branches(modules: Sequence[ModuleInfo], probes, peaks: Sequence[Mappi
         measured = max(peak.values())
         known = smaller >= min_bytes
         parallel = known and abs(measured - rules["sum"]) < abs(measured - rules["max"])
-        report.append({"groups": [g, h], "measured": measured, "max_rule": round(rules["max"]), "sum_rule": round(rules["sum"]),
-                       "parallel": parallel if known else None})
+        row = {"groups": [g, h], "measured": measured, "max_rule": round(rules["max"]), "sum_rule": round(rules["sum"]),
+               "parallel": parallel if known else None}
+        # The reference module m0 (last in forward order) has no lowest-block term of its own: its traversal is
+        # inside the fixed term. Beside a module of a parallel branch it is paid on top of that branch's, so
+        # the probe lands above both rules by m0's own traversal (int8 GPT-NeoX: the saved MLP activation that
+        # the int8 layer keeps in every block but the lowest). Then the pair is parallel, and that excess is m0's.
+        excess = measured - rules["sum"]
+        if m0_group in (g, h) and excess >= min_bytes and not known:
+            row.update(parallel=True, reference_excess=round(excess))
+            parallel = known = True
+        report.append(row)
         if known and not parallel:
             parent[find(h)] = find(g)
-    decided = {g for r in report if r["parallel"] is not None for g in r["groups"]}
-    for g in groups:  # a group nothing was learnt about (its term ~0): with the first, as one branch would have it
-        if g not in decided:
+    # a reference row tells about m0's group only: its partner is as undecided as before
+    decided = {g for r in report if r["parallel"] is not None for g in r["groups"]
+               if not r.get("reference_excess") or g == m0_group}
+    nested = {g for r in report if r["parallel"] is False for g in r["groups"]}
+    apart = {g: {x for r in report if r["parallel"] and g in r["groups"] for x in r["groups"] if x != g} for g in groups}
+    for g in groups:
+        if g not in decided:  # nothing was learnt about it (its term ~0): with the first, as one branch would have it
             parent[find(g)] = find(groups[0])
+        elif g == m0_group and g not in nested and any(r.get("reference_excess") for r in report):
+            # the reference group, known only to be parallel to some groups: with the first of the rest
+            away = {find(x) for x in apart[g]}
+            join = next((x for x in groups if x != g and x not in apart[g] and find(x) not in away), None)
+            if join is not None:
+                parent[find(g)] = find(join)
     roots = []
     for g in groups:
         if find(g) not in roots:

@@ -204,7 +204,8 @@ def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, metho
     modules, branch_report = fit.assign_branches(disc.modules, probes, peaks[start:], per_shape[shapes[0]])
     disc = dataclasses.replace(disc, modules=modules)
     gap = (n_layers - FIT_LAYERS) * block_bytes
-    phases = fit.assemble(per_shape, disc.modules, gap)
+    phases = fit.shift_reference(fit.assemble(per_shape, disc.modules, gap), fit.reference_excess(branch_report),
+                                 batch_size * seq_len)
     conditions = _conditions(batch_size, seq_len, dtype, disc, method, residual, quantization=quant, branches=branch_report)
     profile = ModelProfile(name=draft.name, architecture=draft.architecture, task=task, num_layers=n_layers,
                            layer_prefix=disc.prefix, modules=disc.modules, default_targets=targets,

@@ -52,7 +52,7 @@ def _structure(model: str, task: str | None, num_labels: int, dtype: str, gradie
         disc = discover(config, task, dtype)
         frozen = _block_frozen_bytes(config, task, dtype, disc.prefix, quantization)
         if gradient_checkpointing:
-            _check_checkpointing(config, task, dtype, quantization)
+            _check_checkpointing(config, task, dtype)
         if quantization is not None:  # one short step on a 1-block twin: what bitsandbytes + PEFT cannot train fails here
             from .trace import trace_assignment
 
@@ -93,7 +93,7 @@ def _block_frozen_bytes(config, task: str, dtype: str, prefix: str, quantization
     return sum(n for k, n in second.items() if k not in first)
 
 
-def _check_checkpointing(config, task: str, dtype: str, quantization: str | None = None) -> None:
+def _check_checkpointing(config, task: str, dtype: str) -> None:
     from ..training.levers import apply_levers
     from .build import build_base
 

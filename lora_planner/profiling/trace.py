@@ -248,21 +248,28 @@ def trace_assignment(config, task: str, dtype: str, prefix: str, assignment: Map
         return _cuda_peak(config, task, dtype, prefix, assignment, batch, seq, steps, attn_implementation, seed, levers,
                           quantization)
     torch.manual_seed(seed)
-    if quantization is not None:
-        return _quantized_peaks(config, task, dtype, prefix, assignment, batch, seq, method, steps, attn_implementation,
-                                levers, quantization, gradient_checkpointing)
+    if quantization is not None and method == "fake":
+        from ..errors import LoraPlannerError
+
+        raise LoraPlannerError("method", "traced or measured with a quantised base", "fake", "Use --method traced.")
+
+    def build(meta: bool):  # a bitsandbytes base is built on its meta-quantised twin, or loaded quantised for real
+        if quantization is not None:
+            return build_quantized(config, task, dtype, quantization, meta=meta, attn_implementation=attn_implementation)
+        return build_base(config, task, dtype, meta=meta, attn_implementation=attn_implementation)
+
     if method == "traced":
-        model = build_base(config, task, dtype, meta=True, attn_implementation=attn_implementation)
+        model = build(meta=True)
         levers(model)
         model = get_peft_model(model, lora_config_for(prefix, assignment, task))
         model.train()
         memo: dict[int, torch.Tensor] = {}  # keep aliases aliased (causal LM: labels is input_ids)
         inputs = {k: memo.setdefault(id(v), v.to("meta")) if isinstance(v, torch.Tensor) else v
                   for k, v in example_inputs(config, task, batch, seq).items()}
-        with _unpacked_sequences(), _cpu_attention_on_meta():
+        with _unpacked_sequences(), _cpu_attention_on_meta(), _cpu_int8_on_meta():
             return step_peaks(model, inputs, _MetaLiveBytes(), steps=steps, per_block=gradient_checkpointing)
     fake = method == "fake"
-    model = build_base(config, task, dtype, meta=fake, attn_implementation=attn_implementation)
+    model = build(meta=fake)
     levers(model)
     model = get_peft_model(model, lora_config_for(prefix, assignment, task))
     if not fake:
@@ -278,30 +285,6 @@ def trace_assignment(config, task: str, dtype: str, prefix: str, assignment: Map
         model.train()
         inputs = example_inputs(config, task, batch, seq)
         return step_peaks(model, inputs, LiveBytes(), steps=steps, per_block=gradient_checkpointing)
-
-
-def _quantized_peaks(config, task, dtype, prefix, assignment, batch, seq, method, steps, attn_implementation, levers,
-                     quantization, gradient_checkpointing) -> dict[str, int]:
-    """A step on a bitsandbytes base: traced on a meta-quantised twin, or measured on a real quantised load."""
-    from peft import get_peft_model
-
-    if method == "fake":
-        from ..errors import LoraPlannerError
-
-        raise LoraPlannerError("method", "traced or measured with a quantised base", "fake", "Use --method traced.")
-    meta = method == "traced"
-    model = build_quantized(config, task, dtype, quantization, meta=meta, attn_implementation=attn_implementation)
-    levers(model)
-    model = get_peft_model(model, lora_config_for(prefix, assignment, task))
-    model.train()
-    inputs = example_inputs(config, task, batch, seq)
-    if meta:
-        memo: dict[int, torch.Tensor] = {}
-        inputs = {k: memo.setdefault(id(v), v.to("meta")) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-    ctx = (_unpacked_sequences(), _cpu_attention_on_meta()) if meta else (contextlib.nullcontext(), contextlib.nullcontext())
-    with ctx[0], ctx[1], _cpu_int8_on_meta():
-        return step_peaks(model, inputs, _MetaLiveBytes() if meta else LiveBytes(), steps=steps,
-                          per_block=gradient_checkpointing)
 
 
 def _cuda_peak(config, task, dtype, prefix, assignment, batch, seq, steps, attn_implementation, seed, levers,

@@ -18,18 +18,26 @@ def set_gradient_checkpointing(model, on: bool) -> None:
     """Turn gradient checkpointing on or off on a transformers model (the base, before or after PEFT wraps it)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if on:
-        if not getattr(base, "supports_gradient_checkpointing", False):
-            raise LoraPlannerError("gradient_checkpointing", "a model whose transformers class supports it",
-                                   type(base).__name__, "Profile and train this model with gradient checkpointing off.")
+        _require_support(base)
         if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x: the same, undeprecated name
             base.activation_checkpointing_enable(activation_checkpointing_kwargs=dict(CHECKPOINT_KWARGS))
         else:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(CHECKPOINT_KWARGS))
         base.enable_input_require_grads()
     else:
-        if is_checkpointing(base):
-            (getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable)()
+        _checkpointing_off(base)
         base.disable_input_require_grads()
+
+
+def _require_support(base) -> None:
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise LoraPlannerError("gradient_checkpointing", "a model whose transformers class supports it",
+                               type(base).__name__, "Profile and train this model with gradient checkpointing off.")
+
+
+def _checkpointing_off(base) -> None:
+    if is_checkpointing(base):
+        (getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable)()
 
 
 def is_checkpointing(model) -> bool:
@@ -72,14 +80,19 @@ def check_quantization(quantization: str | None, field: str = "--quantization") 
 
 def bnb_config(quantization: str, dtype: str):
     """The transformers ``BitsAndBytesConfig`` of a lever name; ``dtype`` is the 4-bit compute dtype."""
-    import torch
     from transformers import BitsAndBytesConfig
 
     if quantization == "nf4":
-        compute = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+        compute = _torch_dtype(dtype)
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=compute)
     return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
 def apply_levers(model, gradient_checkpointing: bool = False, quantization: str | None = None):
@@ -91,11 +104,10 @@ def apply_levers(model, gradient_checkpointing: bool = False, quantization: str 
         return model
     from peft import prepare_model_for_kbit_training
 
-    if gradient_checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
-        raise LoraPlannerError("gradient_checkpointing", "a model whose transformers class supports it",
-                               type(model).__name__, "Profile and train this model with gradient checkpointing off.")
-    if not gradient_checkpointing and is_checkpointing(model):
-        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+    if gradient_checkpointing:
+        _require_support(model)
+    else:
+        _checkpointing_off(model)
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                            gradient_checkpointing_kwargs=dict(CHECKPOINT_KWARGS))
 
@@ -138,7 +150,7 @@ def quantize_meta(model, quantization: str, dtype: str):
     import torch
     from transformers.quantizers import AutoHfQuantizer
 
-    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    torch_dtype = _torch_dtype(dtype)
     quantizer = AutoHfQuantizer.from_config(bnb_config(quantization, dtype), pre_quantized=False)
     quantizer.preprocess_model(model, device_map={"": "cpu"}, dtype=torch_dtype)
     # bitsandbytes caches the nested-quantisation code map per process and moves it to each weight's device:

@@ -58,8 +58,11 @@ def build_quantized(config, task: str, dtype: str, quantization: str, meta: bool
 
     config = copy.deepcopy(config)  # the quantizer writes quantization_config into the model's config
     if meta:
-        return quantize_meta(build_base(config, task, dtype, meta=True, attn_implementation=attn_implementation),
-                             quantization, dtype)
+        from .metacache import MetaCache
+
+        base = build_base(config, task, dtype, meta=True, attn_implementation=attn_implementation)
+        with MetaCache():  # each weight's quantisation on meta: the same few shapes, over and over
+            return quantize_meta(base, quantization, dtype)
     cls = _model_class(task)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     with tempfile.TemporaryDirectory(prefix="lora-planner-q-") as folder:

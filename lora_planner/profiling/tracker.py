@@ -15,7 +15,6 @@ import weakref
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_map_only
 
 
 _SCALAR = torch.ops.aten._local_scalar_dense.default
@@ -90,5 +89,13 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = self.run(func, args, kwargs)
-        tree_map_only(torch.Tensor, self.track, out)
+        self._track_out(out)
         return out
+
+    def _track_out(self, out) -> None:
+        """Every tensor an op returned (ops return a tensor, or a tuple or list that may nest)."""
+        if isinstance(out, torch.Tensor):
+            self.track(out)
+        elif isinstance(out, (tuple, list)):
+            for x in out:
+                self._track_out(x)

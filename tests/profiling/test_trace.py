@@ -36,6 +36,46 @@ def test_traces_match_real_cpu_execution(llama, assignment):
     assert traced == fake == real
 
 
+def test_remembered_meta_outputs_change_no_trace(llama, monkeypatch):
+    """The meta-output cache (metacache.OUTPUTS) answers most ops of a second trace; with it emptied before
+    every op (nothing remembered) the per-phase peaks are the same to the byte: plain, with checkpointing,
+    and on an nf4 base (whose meta quantisation runs under the cache too)."""
+    pytest.importorskip("bitsandbytes")
+    from lora_planner.profiling import metacache
+
+    config, d = llama
+    a = ASSIGNMENTS[1]
+    for ckpt, quant in ((False, None), (True, None), (False, "nf4")):
+        run = lambda: trace_assignment(config, "causal-lm", "bf16", d.prefix, a, 2, 32,  # noqa: E731
+                                       gradient_checkpointing=ckpt, quantization=quant)
+        run()  # fills it
+        assert len(metacache.OUTPUTS) > 20
+        hits: list[bool] = []
+        monkeypatch.setattr(metacache, "OUTPUTS", _Counting(metacache.OUTPUTS, hits))
+        warm = run()
+        assert sum(hits) > 100  # most ops came from the cache
+        monkeypatch.setattr(metacache, "OUTPUTS", _Forgetful())
+        cold = run()
+        monkeypatch.undo()
+        assert warm == cold
+
+
+class _Counting(dict):
+    def __init__(self, base, hits):
+        super().__init__(base)
+        self.hits = hits
+
+    def get(self, key, default=None):
+        out = super().get(key, default)
+        self.hits.append(out is not None)
+        return out
+
+
+class _Forgetful(dict):
+    def get(self, key, default=None):
+        return default
+
+
 @pytest.mark.parametrize("arch", ["bert", "gpt2"])
 def test_meta_trace_matches_real_execution_with_layer_norm_and_fused_attention(tmp_path, arch):
     """BERT and GPT-2 use layer norm (saved statistics in bf16 on CPU, fp32 on meta) and SDPA."""

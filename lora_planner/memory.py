@@ -34,6 +34,7 @@ class ShapeTerms:
     above_rank: Mapping[str, float] = None
     below: Mapping[str, float] = None
     below_rank: Mapping[str, float] = None
+    pair: Mapping[str, float] = None  # ... and two adapted modules of the running block that do not add up
 
 
 def _dot(c, b) -> float:
@@ -183,6 +184,7 @@ def checkpointed_block_costs(t: ShapeTerms, per_layer: Mapping[int, Mapping[str,
         ranks = per_layer.get(l, {})
         over -= above[l]
         own = sum(t.group.get(g, 0.0) for g in {group_of[m] for m in ranks}) + sum(t.module[m] + r * t.rank[m] for m, r in ranks.items())
+        own += sum(v for key, v in (t.pair or {}).items() if all(m in ranks for m in key.split("+")))
         out.append(t.fixed - (top - l) * t.path + own + over + under)
         under += below[l]
     return out

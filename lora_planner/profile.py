@@ -26,9 +26,11 @@ PHASES = ("fwd", "loss", "bwd", "opt")
 TERM_KINDS = ("fixed", "path", "path_low", "top_low", "group", "module", "rank", "top", "top_rank")
 # Gradient checkpointing (conditions["gradient_checkpointing"]): two more phases, one peak per block each
 # ("fwd@", "bwd@": memory.py takes the largest over the blocks), whose terms also count the adapters of the
-# blocks above and below the one running (``above``, ``below``; profiling/ckpt_fit.py).
+# blocks above and below the one running (``above``, ``below``; profiling/ckpt_fit.py), and, where two
+# adapted modules of the running block do not add up (their peaks fall at different moments), a pair term
+# (``pair``, keyed ``subset_key`` of the two; found by the profiler, absent where modules add up).
 BLOCK_KINDS = ("fwd@", "bwd@")
-CKPT_KINDS = ("above", "above_rank", "below", "below_rank")
+CKPT_KINDS = ("above", "above_rank", "below", "below_rank", "pair")
 
 Coeffs = tuple[float, ...]
 
@@ -111,6 +113,7 @@ class PhaseTerms:
     above_rank: Mapping[str, Coeffs] = field(default_factory=dict)
     below: Mapping[str, Coeffs] = field(default_factory=dict)
     below_rank: Mapping[str, Coeffs] = field(default_factory=dict)
+    pair: Mapping[str, Coeffs] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

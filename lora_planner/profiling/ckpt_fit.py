@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..memory import Assignment
-from ..profile import BLOCK_KINDS, PHASES, ModuleInfo, PhaseTerms
+from ..profile import BLOCK_KINDS, PHASES, ModuleInfo, PhaseTerms, subset_key
 from .fit import R0, R1, _or_zero, fit_basis
 
 BLOCK_LAYERS = 3  # the slice the terms are fitted on
@@ -48,6 +48,36 @@ def design(modules: Sequence[ModuleInfo]) -> list[Assignment]:
     return out
 
 
+def all_at_top(modules: Sequence[ModuleInfo]) -> Assignment:
+    """Every module of the top block: traced beside the design, not fitted on, it tells whether the
+    running block's modules add up (``pairs_needed``)."""
+    return {(BLOCK_LAYERS - 1, m.name): R0 for m in modules}
+
+
+def pair_design(modules: Sequence[ModuleInfo]) -> tuple[list[str], list[Assignment]]:
+    """Where they do not add up: every two modules together in the top block (keys, assignments)."""
+    ordered = sorted(modules, key=lambda m: m.order)
+    pairs = [(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1:]]
+    return ([subset_key([a.name, b.name]) for a, b in pairs],
+            [{(BLOCK_LAYERS - 1, a.name): R0, (BLOCK_LAYERS - 1, b.name): R0} for a, b in pairs])
+
+
+def pairs_needed(terms: Mapping[str, Mapping[tuple[str, str], float]], observed: Mapping[str, int],
+                 modules: Sequence[ModuleInfo], tolerance: float = 1e-4) -> float:
+    """The largest relative miss, over the block phases of the top block, of the terms fitted without pairs
+    on the all-modules trace; above ``tolerance``, pair terms are fitted (``pair_design``)."""
+    top = BLOCK_LAYERS - 1
+    a = all_at_top(modules)
+    worst = 0.0
+    for kind in BLOCK_KINDS:
+        cols = _block_columns(modules)
+        x = block_features(a, top, modules, top)
+        pred = sum(terms[kind][c] * v for c, v in zip(cols, x))
+        real = float(observed[f"{kind}{top}"])
+        worst = max(worst, abs(pred - real) / real)
+    return worst if worst > tolerance else 0.0
+
+
 def gap_assignment(modules: Sequence[ModuleInfo]) -> Assignment:
     """Traced on a 3-block and a 4-block slice: the difference is what one more block costs."""
     return {(0, max(modules, key=lambda m: m.order).name): R0}
@@ -60,19 +90,19 @@ def _multi_groups(modules) -> list[str]:
     return sorted(g for g, n in sizes.items() if n > 1)
 
 
-def _block_columns(modules) -> list[tuple[str, str]]:
+def _block_columns(modules, pairs: Sequence[str] = ()) -> list[tuple[str, str]]:
     cols = [("fixed", ""), ("path", "")] + [("group", g) for g in _multi_groups(modules)]
     for kind in ("module", "rank", "above", "above_rank", "below", "below_rank"):
         cols += [(kind, m.name) for m in modules]
-    return cols
+    return cols + [("pair", k) for k in pairs]
 
 
 def _step_columns(modules) -> list[tuple[str, str]]:
     return [("fixed", "")] + [(k, m.name) for k in ("module", "rank") for m in modules]
 
 
-def block_features(a: Assignment, l: int, modules, top: int) -> np.ndarray:
-    cols = _block_columns(modules)
+def block_features(a: Assignment, l: int, modules, top: int, pairs: Sequence[str] = ()) -> np.ndarray:
+    cols = _block_columns(modules, pairs)
     index = {c: i for i, c in enumerate(cols)}
     group_of = {m.name: m.group for m in modules}
     x = np.zeros(len(cols))
@@ -85,6 +115,9 @@ def block_features(a: Assignment, l: int, modules, top: int) -> np.ndarray:
         count, per_rank = ("module", "rank") if j == l else (("above", "above_rank") if j > l else ("below", "below_rank"))
         x[index[(count, m)]] += 1
         x[index[(per_rank, m)]] += r
+    own = {m for (j, m) in a if j == l}
+    for k in pairs:
+        x[index[("pair", k)]] = float(all(m in own for m in k.split("+")))
     return x
 
 
@@ -100,9 +133,10 @@ def step_features(a: Assignment, modules) -> np.ndarray:
 
 
 def solve_terms(traces: Sequence[tuple[Assignment, Mapping[str, int]]], modules: Sequence[ModuleInfo],
-                ) -> tuple[dict[str, dict[tuple[str, str], float]], float]:
+                pairs: Sequence[str] = ()) -> tuple[dict[str, dict[tuple[str, str], float]], float]:
     """Least squares per phase (each block of each trace is one observation of its block phase);
-    returns the terms per phase and the worst absolute residual (bytes)."""
+    returns the terms per phase and the worst absolute residual (bytes). ``pairs``: pair terms to fit
+    (their traces among ``traces``)."""
     top = BLOCK_LAYERS - 1
     out, worst = {}, 0.0
     for phase in PHASES:
@@ -113,8 +147,8 @@ def solve_terms(traces: Sequence[tuple[Assignment, Mapping[str, int]]], modules:
         worst = max(worst, float(np.max(np.abs(X @ coef - y))))
         out[phase] = dict(zip(cols, map(float, coef)))
     for kind in BLOCK_KINDS:
-        cols = _block_columns(modules)
-        rows = [(block_features(a, l, modules, top), float(p[f"{kind}{l}"])) for a, p in traces for l in range(BLOCK_LAYERS)]
+        cols = _block_columns(modules, pairs)
+        rows = [(block_features(a, l, modules, top, pairs), float(p[f"{kind}{l}"])) for a, p in traces for l in range(BLOCK_LAYERS)]
         X = np.stack([r for r, _ in rows])
         y = np.array([v for _, v in rows])
         coef, *_ = np.linalg.lstsq(X, y, rcond=None)
@@ -132,7 +166,7 @@ def block_gap(three: Mapping[str, int], four: Mapping[str, int]) -> dict[str, fl
 
 def assemble(per_shape: Mapping[tuple[int, int], Mapping[str, Mapping[tuple[str, str], float]]],
              gaps: Mapping[tuple[int, int], Mapping[str, float]], modules: Sequence[ModuleInfo],
-             num_layers: int) -> dict[str, PhaseTerms]:
+             num_layers: int, pairs: Sequence[str] = ()) -> dict[str, PhaseTerms]:
     shapes = list(per_shape)
     names = [m.name for m in modules]
     phases = {}
@@ -152,5 +186,6 @@ def assemble(per_shape: Mapping[tuple[int, int], Mapping[str, Mapping[tuple[str,
             module=per_module("module"), rank=per_module("rank"), top={}, top_rank={},
             above=per_module("above"), above_rank=per_module("above_rank"),
             below=per_module("below"), below_rank=per_module("below_rank"),
+            pair={k: v for k in pairs if any((v := _or_zero(c[("pair", k)], shapes)))} if block else {},
         )
     return phases

@@ -221,7 +221,7 @@ def _profile_checkpointed(draft, facts, disc, targets, shapes, model, task, num_
     from . import ckpt_fit
 
     n_layers = facts["num_layers"]
-    design = ckpt_fit.design(disc.modules)
+    design = ckpt_fit.design(disc.modules) + [ckpt_fit.all_at_top(disc.modules)]  # the last: a check, not fitted
     small, four, full = ((model, task, num_labels, k) for k in (ckpt_fit.BLOCK_LAYERS, ckpt_fit.BLOCK_LAYERS + 1, None))
     gap_a = ckpt_fit.gap_assignment(disc.modules)
     job = lambda cfg, a, b, s: (cfg, task, dtype, disc.prefix, a, b, s, method, seed, True, quant)  # noqa: E731
@@ -232,16 +232,29 @@ def _profile_checkpointed(draft, facts, disc, targets, shapes, model, task, num_
     ticks = _two_bars(progress, ("validation traces", len(check_jobs)), ("fit traces", len(fit_jobs)))
     results = pool.run(check_jobs + fit_jobs, ticks, long=len(check_jobs))
     measured, peaks = results[:len(check_jobs)], results[len(check_jobs):]
-    per_shape, gaps, residual = {}, {}, 0.0
+    per_shape, gaps, traces = {}, {}, {}
     for i, shape in enumerate(shapes):
-        traces = list(zip(design, peaks[i * len(design):(i + 1) * len(design)]))
-        per_shape[shape], worst = ckpt_fit.solve_terms(traces, disc.modules)
-        residual = max(residual, worst)
+        traces[shape] = list(zip(design, peaks[i * len(design):(i + 1) * len(design)]))
+        per_shape[shape], _ = ckpt_fit.solve_terms(traces[shape][:-1], disc.modules)
         three, fourth = peaks[len(shapes) * len(design) + 2 * i: len(shapes) * len(design) + 2 * i + 2]
         gaps[shape] = ckpt_fit.block_gap(three, fourth)
-    phases = ckpt_fit.assemble(per_shape, gaps, disc.modules, n_layers)
+    # Do the running block's adapted modules add up? If the all-modules trace says no (two modules' peaks at
+    # different moments: GPT-NeoX's two MLP layers on a 4-bit base), every pair is traced and fitted.
+    miss = max(ckpt_fit.pairs_needed(per_shape[s], traces[s][-1][1], disc.modules) for s in shapes)
+    pairs: list[str] = []
+    if miss:
+        pairs, pair_as = ckpt_fit.pair_design(disc.modules)
+        tick = progress("pair traces", len(pair_as) * len(shapes)) if progress else None
+        pair_peaks = pool.run([job(small, a, b, s) for b, s in shapes for a in pair_as], tick)
+        for i, shape in enumerate(shapes):
+            traces[shape] += list(zip(pair_as, pair_peaks[i * len(pair_as):(i + 1) * len(pair_as)]))
+    residual = 0.0
+    for shape in shapes:
+        per_shape[shape], worst = ckpt_fit.solve_terms(traces[shape], disc.modules, pairs)
+        residual = max(residual, worst)
+    phases = ckpt_fit.assemble(per_shape, gaps, disc.modules, n_layers, pairs)
     conditions = _conditions(batch_size, seq_len, dtype, disc, method, residual, gradient_checkpointing=True,
-                             quantization=quant)
+                             quantization=quant, pair_check=round(miss, 6))
     return _validated(dataclasses.replace(draft, default_targets=targets, conditions=conditions, phases=phases),
                       measured, checks, holdout, (hb, hs), t_start)
 

@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .atomic import write_json_atomic
 from .errors import LoraPlannerError, nearest
@@ -318,6 +318,30 @@ def condition_suffix(gradient_checkpointing: bool, quantization: str | None) -> 
 
 
 CONDITION_SUFFIX = {condition_name(gc, q): condition_suffix(gc, q) for q in (None, *QUANT_NAMES) for gc in (False, True)}
+ALL_CONDITIONS = tuple(CONDITION_SUFFIX)
+
+
+def parse_conditions(text: str | Sequence[str], field: str = "--conditions") -> list[tuple[bool, str | None]]:
+    """Condition sets as (gradient_checkpointing, quantization): "all", or names separated by commas, each
+    ``plain`` or levers joined by '+' (``gc`` or ``gradient-checkpointing``, ``nf4``, ``int8``), e.g.
+    ``plain,gc,nf4+gc``. Duplicates are dropped; order is kept."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    if names == ["all"]:
+        names = list(ALL_CONDITIONS)
+    out: list[tuple[bool, str | None]] = []
+    for name in names:
+        parts = name.split("+")
+        quant = [p for p in parts if p in QUANT_NAMES]
+        gc = [p for p in parts if p in ("gc", "gradient-checkpointing")]
+        if name != "plain" and (len(quant) + len(gc) != len(parts) or len(quant) > 1 or len(gc) > 1):
+            raise LoraPlannerError(field, "all, or condition sets like plain, gc, nf4, nf4+gc, int8, int8+gc", name,
+                                   "E.g. --conditions plain,gc,nf4+gc or --conditions all.")
+        key = (bool(gc), quant[0] if quant else None)
+        if key not in out:
+            out.append(key)
+    if not out:
+        raise LoraPlannerError(field, "at least one condition set", repr(text), "E.g. --conditions all.")
+    return out
 
 
 def shipped_models() -> list[str]:

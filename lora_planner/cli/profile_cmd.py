@@ -13,6 +13,8 @@ EXAMPLES = """examples:
   lora-planner profile ./my-model/ --batch-size 4 --seq-len 1024 -o my.json
   lora-planner profile config.json --task seq-cls --num-labels 77 --target-modules query,value -o cls.json
   lora-planner profile llama-2-7b --quantization nf4 --gradient-checkpointing -o q.json   # QLoRA's levers
+  lora-planner profile llama-2-7b --conditions all -o profiles/      # all six condition sets in one run:
+                                                                   # llama-2-7b.json, llama-2-7b@gc.json, ...@nf4+gc.json
   lora-planner profile --list                                      # shipped model names and condition sets
 
 layer importance (stored in the profile; `lora-planner solve --profile` then uses it):
@@ -37,6 +39,10 @@ def register(sub) -> None:
     p.add_argument("--quantization", choices=("nf4", "int8"), default=None,
                    help="profile on a bitsandbytes base prepared the QLoRA way (peft.prepare_model_for_kbit_training): nf4 "
                         "(4-bit NF4, double quantisation, compute dtype = --dtype) or int8 (LLM.int8()); needs bitsandbytes")
+    p.add_argument("--conditions", metavar="LIST", default=None,
+                   help="several condition sets in one run (the trace workers start once): all, or e.g. "
+                        "plain,gc,nf4,nf4+gc,int8,int8+gc; -o is then a folder, one NAME[@set].json per set (the shipped "
+                        "layout; NAME: --name or the model's name)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=1)
     p.add_argument("--seq-len", type=positive_int("--seq-len"), default=512)
     p.add_argument("--dtype", default="bf16", help="frozen weights: bf16 | fp16 | fp32 (default bf16)")
@@ -49,7 +55,7 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="write the profile even if its validation error exceeds --tolerance")
     p.add_argument("--workers", type=int, default=None, help="trace processes (default: 2)")
     p.add_argument("--name", default=None, help="name stored in the profile (default: MODEL)")
-    p.add_argument("-o", "--output", metavar="FILE", help="where to write the profile JSON")
+    p.add_argument("-o", "--output", metavar="FILE", help="where to write the profile JSON (a folder with --conditions)")
     g = p.add_argument_group("layer importance")
     g.add_argument("--importance", metavar="SCORE", default=None, help="ig | uniform | depth-prior | weight-norm (default: none stored)")
     g.add_argument("--data", metavar="PATH", help="CSV, JSONL or local datasets folder for --importance ig")
@@ -77,6 +83,8 @@ def run(args) -> int:
         return 0
     if not args.model:
         raise LoraPlannerError("MODEL", "given", "nothing", "Pass a shipped name (see --list), a folder or a config.json.")
+    if args.conditions is not None:
+        return _run_conditions(args)
     if not args.output:
         raise LoraPlannerError("-o/--output", "a file path for the profile", "nothing", "E.g. -o profile.json.")
     importance = _importance_job(args)  # checks data and weights before the long trace
@@ -99,6 +107,66 @@ def run(args) -> int:
     profile.save(args.output)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
+
+
+def _run_conditions(args) -> int:
+    """``--conditions``: every set profiled with one pool of workers; written only if every one passes."""
+    from pathlib import Path
+
+    from ..profile import CONDITION_SUFFIX, condition_name, parse_conditions
+
+    if args.gradient_checkpointing or args.quantization:
+        raise LoraPlannerError("--conditions", "not combined with --gradient-checkpointing or --quantization",
+                               args.conditions, "Name the sets in --conditions, e.g. --conditions nf4+gc.")
+    sets = parse_conditions(args.conditions)
+    if not args.output:
+        raise LoraPlannerError("-o/--output", "a folder for the profiles with --conditions", "nothing", "E.g. -o profiles/.")
+    folder = Path(args.output)
+    if folder.exists() and not folder.is_dir():
+        raise LoraPlannerError("-o/--output", "a folder with --conditions (one file per set)", args.output,
+                               "E.g. -o profiles/.")
+    stem = args.name or _model_stem(args.model)
+    importance = _importance_job(args)
+    from ..profiling import profile_conditions
+
+    targets = [t.strip() for t in args.target_modules.split(",") if t.strip()] if args.target_modules else None
+    names = [condition_name(gc, q) for gc, q in sets]
+    profiles = profile_conditions(args.model, names, batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
+                                  task=args.task, num_labels=args.num_labels, target_modules=targets, method=args.method,
+                                  validate=args.validate, name=args.name, workers=args.workers, progress=progress_factory())
+    if importance:
+        import dataclasses
+
+        block = importance(next(iter(profiles.values())))  # the same layers and modules in every set
+        profiles = {k: dataclasses.replace(p, importance=block) for k, p in profiles.items()}
+    rows, failed = [], []
+    for cond, profile in profiles.items():
+        print(report(profile))
+        worst = profile.validation.get("max_abs_rel_error", 0.0)
+        if worst == worst and worst > args.tolerance and not args.force:
+            failed.append(f"{cond} {worst:.4f}")
+        rows.append([cond, f"{stem}{CONDITION_SUFFIX[cond]}.json", f"{worst:.3%}", f"{profile.validation.get('seconds', 0):.1f}"])
+    if failed:
+        raise LoraPlannerError("model error", f"at most --tolerance {args.tolerance:.3f} in every set", ", ".join(failed),
+                               "No profile was written; use --force to write them anyway, or --method measured.")
+    folder.mkdir(parents=True, exist_ok=True)
+    for cond, profile in profiles.items():
+        profile.save(folder / f"{stem}{CONDITION_SUFFIX[cond]}.json")
+    print(table(rows, ["condition set", "file", "max validation error", "seconds"]))
+    print(f"wrote {len(profiles)} profiles to {folder}", file=sys.stderr)
+    return 0
+
+
+def _model_stem(model: str) -> str:
+    """A file name for a model: a shipped name as it is, a folder's name, a config.json's folder's name."""
+    from pathlib import Path
+
+    p = Path(model)
+    if p.is_dir():
+        return p.resolve().name
+    if p.is_file():
+        return p.resolve().parent.name if p.name == "config.json" else p.stem
+    return model
 
 
 def _importance_job(args):

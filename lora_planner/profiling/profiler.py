@@ -137,6 +137,41 @@ def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: st
     Raises:
         LoraPlannerError: on any bad argument (one line each).
     """
+    from ..training.levers import check_quantization
+
+    quantization = check_quantization(quantization)
+    sets = [(bool(gradient_checkpointing), quantization)]
+    return _profile_sets(model, sets, batch_size, seq_len, dtype, task, num_labels, target_modules, method, validate,
+                         seed, name, workers, progress)[0]
+
+
+def profile_conditions(model: str, conditions: str | Sequence[str] = "all", batch_size: int = 1, seq_len: int = 512,
+                       dtype: str = "bf16", task: str | None = None, num_labels: int = 2,
+                       target_modules: Sequence[str] | None = None, method: str = "traced", validate: int = 10,
+                       seed: int = 0, name: str | None = None, workers: int | None = None,
+                       progress: Callable[[str, int], Callable[[], None]] | None = None) -> dict[str, ModelProfile]:
+    """Several condition sets of one model in one run (``profile --conditions``): one pool of trace workers
+    for all of them, so torch, transformers and peft are imported once. Each profile is what
+    ``profile_model`` makes for its set, validated on its own traces.
+
+    Args:
+        conditions: "all" (the six sets: plain, gradient-checkpointing, nf4, nf4 + it, int8, int8 + it) or
+            names such as ``["plain", "gc", "nf4+gc"]`` (``profile.parse_conditions``).
+        The others: as ``profile_model``.
+
+    Returns:
+        condition name (``profile.condition_name``: "plain", "nf4+gradient-checkpointing", ...) -> profile.
+    """
+    from ..profile import condition_name, parse_conditions
+
+    sets = parse_conditions(conditions, field="conditions")
+    profiles = _profile_sets(model, sets, batch_size, seq_len, dtype, task, num_labels, target_modules, method, validate,
+                             seed, name, workers, progress)
+    return {condition_name(gc, q): p for (gc, q), p in zip(sets, profiles)}
+
+
+def _profile_sets(model, sets, batch_size, seq_len, dtype, task, num_labels, target_modules, method, validate, seed,
+                  name, workers, progress) -> list[ModelProfile]:
     if dtype not in DTYPE_NAMES:
         raise LoraPlannerError("dtype", f"one of {', '.join(DTYPE_NAMES)}", dtype, "E.g. --dtype bf16.")
     if method not in METHODS:
@@ -149,17 +184,24 @@ def profile_model(model: str, batch_size: int = 1, seq_len: int = 512, dtype: st
     if path is None or not path.is_file():
         load_config(model)  # not a model we can read: its one-line error, before any worker starts
     require_torch_extra()
-    from ..training.levers import check_quantization, require_bitsandbytes
+    if any(q is not None for _, q in sets):
+        from ..training.levers import require_bitsandbytes
 
-    quantization = check_quantization(quantization)
-    if quantization is not None:
         require_bitsandbytes()
-    t_start = time.perf_counter()
     # Workers start importing torch, transformers, peft and the modeling code at once, and read the
     # config themselves: this process imports none of them.
+    out, t_start = [], time.perf_counter()  # the first set's seconds include starting the workers
     with _TracePool(workers, method, modeling_module(model)) as pool:
-        return _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, method, validate, seed, name, model,
-                        progress, pool, t_start, bool(gradient_checkpointing), quantization)
+        for i, (ckpt, quant) in enumerate(sets):
+            tagged = progress
+            if progress and len(sets) > 1:
+                from ..profile import condition_name
+
+                tag = condition_name(ckpt, quant)
+                tagged = lambda label, total, tag=tag: progress(f"{tag}: {label}", total)  # noqa: E731
+            out.append(_profile(task, num_labels, dtype, batch_size, seq_len, target_modules, method, validate, seed, name,
+                                model, tagged, pool, t_start if i == 0 else time.perf_counter(), ckpt, quant))
+    return out
 
 
 def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, method, validate, seed, name, model, progress,
@@ -240,7 +282,7 @@ def _profile_checkpointed(draft, facts, disc, targets, shapes, model, task, num_
         gaps[shape] = ckpt_fit.block_gap(three, fourth)
     # Do the running block's adapted modules add up? If the all-modules trace says no (two modules' peaks at
     # different moments: GPT-NeoX's two MLP layers on a 4-bit base), every pair is traced and fitted.
-    miss = max(ckpt_fit.pairs_needed(per_shape[s], traces[s][-1][1], disc.modules) for s in shapes)
+    miss = max((ckpt_fit.pairs_needed(per_shape[s], traces[s][-1][1], disc.modules) for s in shapes), key=abs)
     pairs: list[str] = []
     if miss:
         pairs, pair_as = ckpt_fit.pair_design(disc.modules)

@@ -27,7 +27,10 @@ def _composites() -> dict:
     if _COMPOSITES is None:
         if "bitsandbytes" not in sys.modules:
             return {}
-        from bitsandbytes.backends.default.ops import _gemm_4bit_default_impl
+        try:
+            from bitsandbytes.backends.default.ops import _gemm_4bit_default_impl
+        except ImportError:  # bitsandbytes is being imported (its import runs torch ops): nothing to run yet
+            return {}
 
         _COMPOSITES = {torch.ops.bitsandbytes.gemm_4bit.default: _gemm_4bit_default_impl}
     return _COMPOSITES

@@ -2,6 +2,11 @@
 Reference in the same run: one full-depth trace of the same model (profile time / trace time).
 
     python bench/profile_speed.py [--validate 10]
+    python bench/profile_speed.py --conditions [--validate 10]
+
+``--conditions``: Llama-2-7B's six condition sets (plain, gc, nf4, nf4+gc, int8, int8+gc), each in a fresh
+process of its own (the reference: what six `lora-planner profile` runs cost), then all six in one fresh
+process (``profile_conditions``, as ``profile --conditions all``); the ratio is one run / six runs.
 """
 from __future__ import annotations
 
@@ -17,6 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table, write  # noqa: E402
 
 PROFILE = "from lora_planner.profiling import profile_model; profile_model('{m}', validate={v})"
+ONE_SET = ("from lora_planner.profiling import profile_model; "
+           "profile_model('{m}', validate={v}, gradient_checkpointing={gc}, quantization={q!r})")
+ALL_SETS = "from lora_planner.profiling import profile_conditions; profile_conditions('{m}', 'all', validate={v})"
+SETS = [(False, None), (True, None), (False, "nf4"), (True, "nf4"), (False, "int8"), (True, "int8")]
 TRACE = ("from lora_planner.profiling.build import load_config, discover; from lora_planner.profiling.trace import trace_assignment;"
          "c = load_config('{m}'); d = discover(c, 'causal-lm', 'bf16');"
          "trace_assignment(c, 'causal-lm', 'bf16', d.prefix, {{(0, 'self_attn.q_proj'): 8, (0, 'self_attn.v_proj'): 8}}, 1, 512)")
@@ -42,7 +51,10 @@ def measure(code: str) -> tuple[float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--validate", type=int, default=10)
+    ap.add_argument("--conditions", action="store_true", help="Llama-2-7B's six condition sets: one run vs six runs")
     args = ap.parse_args()
+    if args.conditions:
+        return conditions(args.validate)
     rows, out = [], {}
     for model, target in (("llama-2-7b", 30), ("llama-2-70b", 120)):
         wall, rss = measure(PROFILE.format(m=model, v=args.validate))
@@ -52,6 +64,26 @@ def main() -> None:
         print(rows[-1], flush=True)
     print(table(rows, ["model", "profile s", "target s", "peak RSS GiB (tree)", "one full trace s", "ratio"]))
     print("wrote", write("profile_speed", {"validate": args.validate, "models": out}))
+
+
+def conditions(validate: int, model: str = "llama-2-7b", target: float = 90.0) -> None:
+    from lora_planner.profile import condition_name
+
+    rows, out = [], {"validate": validate, "model": model, "target_all_s": target, "each_s": {}}
+    for gc, q in SETS:
+        wall, _ = measure(ONE_SET.format(m=model, v=validate, gc=gc, q=q))
+        out["each_s"][condition_name(gc, q)] = wall
+        rows.append([condition_name(gc, q), "own process", f"{wall:.1f}", "30"])
+        print(rows[-1], flush=True)
+        write("profile_speed_conditions", out)
+    separate = sum(out["each_s"].values())
+    wall, rss = measure(ALL_SETS.format(m=model, v=validate))
+    out.update(all_in_one_s=wall, six_runs_s=separate, ratio=wall / separate, peak_rss_bytes=rss)
+    rows += [["all six", "six processes", f"{separate:.1f}", ""],
+             ["all six", "one process (--conditions all)", f"{wall:.1f}", f"{target:.0f}"]]
+    print(table(rows, ["condition set", "how", "wall s", "target s"]))
+    print(f"one run / six runs: {wall / separate:.2f}; peak RSS of the one run {rss / 2**30:.2f} GiB")
+    print("wrote", write("profile_speed_conditions", out))
 
 
 if __name__ == "__main__":

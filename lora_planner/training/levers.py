@@ -9,9 +9,16 @@ its input through the forward; its activations are recomputed, one block at a ti
 """
 from __future__ import annotations
 
+import warnings
+
 from ..errors import LoraPlannerError
 
 CHECKPOINT_KWARGS = {"use_reentrant": False}
+# PEFT 0.21 calls transformers 5.2x's deprecated `is_gradient_checkpointing` (every wrap) and
+# `gradient_checkpointing_enable` (prepare_model_for_kbit_training): a FutureWarning per trace that says nothing
+# to our users (the names it asks for, *activation_checkpointing*, are the same switches).
+warnings.filterwarnings("ignore", message="`(is_gradient_checkpointing|gradient_checkpointing_enable)` is deprecated",
+                        category=FutureWarning)
 
 
 def set_gradient_checkpointing(model, on: bool) -> None:

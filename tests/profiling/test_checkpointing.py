@@ -1,8 +1,6 @@
 """Gradient checkpointing as a profile condition: traced on meta tensors as the executor turns it on
 (training.levers), a memory model per block phase (profiling/ckpt_fit.py), and exact plans for it."""
-import itertools
 
-import numpy as np
 import pytest
 import torch
 
@@ -11,8 +9,10 @@ from lora_planner.memory import predict_tensor_bytes
 from lora_planner.profiling import fit, profile_model
 from lora_planner.profiling.build import load_config
 from lora_planner.profiling.trace import trace_assignment
-from lora_planner.solvers import SOLVERS, build_problem, get_solver
+from lora_planner.solvers import SOLVERS, build_problem
 from lora_planner.training.levers import set_gradient_checkpointing
+
+from brute_force import assert_exact_by_brute_force
 
 TARGETS = ("self_attn.q_proj", "self_attn.v_proj")
 
@@ -58,17 +58,4 @@ def test_a_model_without_checkpointing_support_is_one_line():
 
 @pytest.mark.parametrize("name", [n for n, e in SOLVERS.items() if e.obj.exact and e.available()])
 def test_exact_solvers_equal_brute_force_under_checkpointing(ckpt_profile, name):
-    problem = build_problem(ckpt_profile, TARGETS, (2, 8), unit=256)
-    keys = [(l, m) for l in range(ckpt_profile.num_layers) for m in TARGETS]
-    candidates = []
-    for choice in itertools.product((None, 2, 8), repeat=len(keys)):  # 3^8 assignments
-        a = {k: r for k, r in zip(keys, choice) if r}
-        if a:
-            candidates.append((problem.cost(a).max(), problem.objective(a)))
-    lo, hi = min(c for c, _ in candidates), max(c for c, _ in candidates)
-    caps = [int(lo + (hi - lo) * f) for f in (0.0, 0.3, 0.6, 0.9, 1.0)]
-    for cap, sol in zip(caps, get_solver(name).solve(problem, caps, [], seq_len=32, batch=2, seed=0)):
-        assert sol.objective == pytest.approx(max(v for c, v in candidates if c <= cap), rel=1e-7, abs=1e-9)
-        assert np.all(problem.cost(sol.assignment) <= cap)
-        # the integer problem never charges less than the memory model
-        assert problem.cost(sol.assignment).max() * problem.unit >= predict_tensor_bytes(ckpt_profile, sol.assignment)
+    assert_exact_by_brute_force(build_problem(ckpt_profile, TARGETS, (2, 8), unit=256), ckpt_profile, name)

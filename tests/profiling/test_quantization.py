@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -165,24 +164,10 @@ def test_modules_of_a_checkpointed_block_that_do_not_add_up_get_a_pair_term(neox
 def test_exact_solvers_stay_exact_with_pair_terms(neox_nf4_gc, name):
     """Brute force over every plan of the two MLP layers in 4 blocks (3^8) at five budgets, on the problem's own
     integer costs (which include the pair term: ``solvers/ckpt.py``)."""
-    import itertools
-
-    from lora_planner.memory import predict_tensor_bytes
-    from lora_planner.solvers import build_problem, get_solver
+    from brute_force import assert_exact_by_brute_force
+    from lora_planner.solvers import build_problem
 
     _, prof = neox_nf4_gc
-    targets = ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
-    problem = build_problem(prof, targets, (2, 8), unit=256)
+    problem = build_problem(prof, ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"), (2, 8), unit=256)
     assert problem.ckpt.pairs == ((0, 1),) and problem.ckpt.pair.min() < 0
-    keys = [(l, m) for l in range(prof.num_layers) for m in targets]
-    candidates = []
-    for choice in itertools.product((None, 2, 8), repeat=len(keys)):
-        a = {k: r for k, r in zip(keys, choice) if r}
-        if a:
-            candidates.append((problem.cost(a).max(), problem.objective(a)))
-    lo, hi = min(c for c, _ in candidates), max(c for c, _ in candidates)
-    caps = [int(lo + (hi - lo) * f) for f in (0.0, 0.3, 0.6, 0.9, 1.0)]
-    for cap, sol in zip(caps, get_solver(name).solve(problem, caps, [], seq_len=32, batch=2, seed=0)):
-        assert sol.objective == pytest.approx(max(v for c, v in candidates if c <= cap), rel=1e-7, abs=1e-9)
-        assert np.all(problem.cost(sol.assignment) <= cap)
-        assert problem.cost(sol.assignment).max() * problem.unit >= predict_tensor_bytes(prof, sol.assignment)
+    assert_exact_by_brute_force(problem, prof, name)

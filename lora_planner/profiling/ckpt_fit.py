@@ -49,8 +49,8 @@ def design(modules: Sequence[ModuleInfo]) -> list[Assignment]:
 
 
 def all_at_top(modules: Sequence[ModuleInfo]) -> Assignment:
-    """Every module of the top block: traced beside the design, not fitted on, it tells whether the
-    running block's modules add up (``pairs_needed``)."""
+    """Every module of the top block: traced beside the design and left out of a first fit, it tells whether
+    the running block's modules add up (``pairs_needed``); where pairs are fitted, the final fit includes it."""
     return {(BLOCK_LAYERS - 1, m.name): R0 for m in modules}
 
 

@@ -263,7 +263,7 @@ def _profile_checkpointed(draft, facts, disc, targets, shapes, model, task, num_
     from . import ckpt_fit
 
     n_layers = facts["num_layers"]
-    design = ckpt_fit.design(disc.modules) + [ckpt_fit.all_at_top(disc.modules)]  # the last: a check, not fitted
+    design = ckpt_fit.design(disc.modules) + [ckpt_fit.all_at_top(disc.modules)]  # the last: first a check
     small, four, full = ((model, task, num_labels, k) for k in (ckpt_fit.BLOCK_LAYERS, ckpt_fit.BLOCK_LAYERS + 1, None))
     gap_a = ckpt_fit.gap_assignment(disc.modules)
     job = lambda cfg, a, b, s: (cfg, task, dtype, disc.prefix, a, b, s, method, seed, True, quant)  # noqa: E731
@@ -290,6 +290,8 @@ def _profile_checkpointed(draft, facts, disc, targets, shapes, model, task, num_
         pair_peaks = pool.run([job(small, a, b, s) for b, s in shapes for a in pair_as], tick)
         for i, shape in enumerate(shapes):
             traces[shape] += list(zip(pair_as, pair_peaks[i * len(pair_as):(i + 1) * len(pair_as)]))
+    else:  # the all-modules trace stays a check: fitted without pair terms it would bend the single-module ones
+        traces = {shape: t[:-1] for shape, t in traces.items()}
     residual = 0.0
     for shape in shapes:
         per_shape[shape], worst = ckpt_fit.solve_terms(traces[shape], disc.modules, pairs)

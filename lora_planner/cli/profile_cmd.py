@@ -90,18 +90,15 @@ def run(args) -> int:
     importance = _importance_job(args)  # checks data and weights before the long trace
     from ..profiling import profile_model
 
-    targets = [t.strip() for t in args.target_modules.split(",") if t.strip()] if args.target_modules else None
-    profile = profile_model(args.model, batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype, task=args.task,
-                            num_labels=args.num_labels, target_modules=targets, method=args.method, validate=args.validate,
-                            name=args.name, workers=args.workers, progress=progress_factory(),
-                            gradient_checkpointing=args.gradient_checkpointing, quantization=args.quantization)
+    profile = profile_model(args.model, **_profile_kwargs(args), gradient_checkpointing=args.gradient_checkpointing,
+                            quantization=args.quantization)
     if importance:
         import dataclasses
 
         profile = dataclasses.replace(profile, importance=importance(profile))
     print(report(profile))
     worst = profile.validation.get("max_abs_rel_error", 0.0)
-    if worst == worst and worst > args.tolerance and not args.force:
+    if _refused(worst, args):
         raise LoraPlannerError("model error", f"at most --tolerance {args.tolerance:.3f}", f"{worst:.4f}",
                                "The profile was not written; use --force to write it anyway, or --method measured.")
     profile.save(args.output)
@@ -129,11 +126,7 @@ def _run_conditions(args) -> int:
     importance = _importance_job(args)
     from ..profiling import profile_conditions
 
-    targets = [t.strip() for t in args.target_modules.split(",") if t.strip()] if args.target_modules else None
-    names = [condition_name(gc, q) for gc, q in sets]
-    profiles = profile_conditions(args.model, names, batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
-                                  task=args.task, num_labels=args.num_labels, target_modules=targets, method=args.method,
-                                  validate=args.validate, name=args.name, workers=args.workers, progress=progress_factory())
+    profiles = profile_conditions(args.model, [condition_name(gc, q) for gc, q in sets], **_profile_kwargs(args))
     if importance:
         import dataclasses
 
@@ -143,7 +136,7 @@ def _run_conditions(args) -> int:
     for cond, profile in profiles.items():
         print(report(profile))
         worst = profile.validation.get("max_abs_rel_error", 0.0)
-        if worst == worst and worst > args.tolerance and not args.force:
+        if _refused(worst, args):
             failed.append(f"{cond} {worst:.4f}")
         rows.append([cond, f"{stem}{CONDITION_SUFFIX[cond]}.json", f"{worst:.3%}", f"{profile.validation.get('seconds', 0):.1f}"])
     if failed:
@@ -155,6 +148,19 @@ def _run_conditions(args) -> int:
     print(table(rows, ["condition set", "file", "max validation error", "seconds"]))
     print(f"wrote {len(profiles)} profiles to {folder}", file=sys.stderr)
     return 0
+
+
+def _profile_kwargs(args) -> dict:
+    """What ``profile_model`` and ``profile_conditions`` both take from the flags."""
+    targets = [t.strip() for t in args.target_modules.split(",") if t.strip()] if args.target_modules else None
+    return dict(batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype, task=args.task,
+                num_labels=args.num_labels, target_modules=targets, method=args.method, validate=args.validate,
+                name=args.name, workers=args.workers, progress=progress_factory())
+
+
+def _refused(worst: float, args) -> bool:
+    """A validation error over --tolerance (NaN: nothing validated) and no --force: the profile is not written."""
+    return worst == worst and worst > args.tolerance and not args.force
 
 
 def _model_stem(model: str) -> str:

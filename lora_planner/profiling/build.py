@@ -58,8 +58,6 @@ def build_quantized(config, task: str, dtype: str, quantization: str, meta: bool
 
     config = copy.deepcopy(config)  # the quantizer writes quantization_config into the model's config
     if meta:
-        import bitsandbytes  # noqa: F401 - imported before the cache's dispatch mode: its import runs torch ops
-
         from .metacache import MetaCache
 
         base = build_base(config, task, dtype, meta=True, attn_implementation=attn_implementation)

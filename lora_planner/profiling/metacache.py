@@ -6,11 +6,11 @@ its inputs' shapes, strides, offsets and dtypes and its other arguments. For an 
 mutates nothing (its outputs are fresh tensors) the outputs' layout is remembered per such key, for the
 process, and later calls get new empty meta tensors of that layout. Anything else runs: an input not on
 meta, an argument not comparable by value, an op that may alias or mutate, an output that shares a storage.
+The tracker runs a composite op (bitsandbytes' ``gemm_4bit``) before asking here: its inner ops are remembered
+one by one, its transients counted.
 ``tests/profiling/test_trace.py`` checks traces are the same to the byte with nothing remembered.
 """
 from __future__ import annotations
-
-import sys
 
 import torch
 from torch.utils import _pytree as pytree
@@ -48,14 +48,9 @@ class MetaCache(TorchDispatchMode):
 def _fresh(func) -> bool:
     known = _FRESH.get(id(func))  # by id: ops are process-long singletons, and hashing one is slow
     if known is None:
-        from .tracker import _composites
-
         schema = getattr(func, "_schema", None)
-        composites = _composites()
-        known = schema is not None and func not in composites and func is not _SCALAR and not any(
+        known = schema is not None and func is not _SCALAR and not any(
             a.alias_info is not None for a in list(schema.arguments) + list(schema.returns))
-        if "bitsandbytes" in sys.modules and not composites:
-            return known and not func.namespace == "bitsandbytes"  # mid-import: decide again later
         _FRESH[id(func)] = known
     return known
 

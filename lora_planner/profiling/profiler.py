@@ -172,6 +172,8 @@ def profile_conditions(model: str, conditions: str | Sequence[str] = "all", batc
 
 def _profile_sets(model, sets, batch_size, seq_len, dtype, task, num_labels, target_modules, method, validate, seed,
                   name, workers, progress) -> list[ModelProfile]:
+    from ..profile import condition_name
+
     if dtype not in DTYPE_NAMES:
         raise LoraPlannerError("dtype", f"one of {', '.join(DTYPE_NAMES)}", dtype, "E.g. --dtype bf16.")
     if method not in METHODS:
@@ -195,8 +197,6 @@ def _profile_sets(model, sets, batch_size, seq_len, dtype, task, num_labels, tar
         for i, (ckpt, quant) in enumerate(sets):
             tagged = progress
             if progress and len(sets) > 1:
-                from ..profile import condition_name
-
                 tag = condition_name(ckpt, quant)
                 tagged = lambda label, total, tag=tag: progress(f"{tag}: {label}", total)  # noqa: E731
             out.append(_profile(task, num_labels, dtype, batch_size, seq_len, target_modules, method, validate, seed, name,
@@ -274,28 +274,28 @@ def _profile_checkpointed(draft, facts, disc, targets, shapes, model, task, num_
     ticks = _two_bars(progress, ("validation traces", len(check_jobs)), ("fit traces", len(fit_jobs)))
     results = pool.run(check_jobs + fit_jobs, ticks, long=len(check_jobs))
     measured, peaks = results[:len(check_jobs)], results[len(check_jobs):]
-    per_shape, gaps, traces = {}, {}, {}
+    per_shape, gaps, traces, residual = {}, {}, {}, 0.0
     for i, shape in enumerate(shapes):
         traces[shape] = list(zip(design, peaks[i * len(design):(i + 1) * len(design)]))
-        per_shape[shape], _ = ckpt_fit.solve_terms(traces[shape][:-1], disc.modules)
+        per_shape[shape], worst = ckpt_fit.solve_terms(traces[shape][:-1], disc.modules)
+        residual = max(residual, worst)
         three, fourth = peaks[len(shapes) * len(design) + 2 * i: len(shapes) * len(design) + 2 * i + 2]
         gaps[shape] = ckpt_fit.block_gap(three, fourth)
     # Do the running block's adapted modules add up? If the all-modules trace says no (two modules' peaks at
     # different moments: GPT-NeoX's two MLP layers on a 4-bit base), every pair is traced and fitted.
     miss = max((ckpt_fit.pairs_needed(per_shape[s], traces[s][-1][1], disc.modules) for s in shapes), key=abs)
+    # Without pairs, the fit above is the profile's (the all-modules trace stays a check: fitted without pair
+    # terms it would bend the single-module ones); with them, every trace is fitted again, pairs included.
     pairs: list[str] = []
     if miss:
         pairs, pair_as = ckpt_fit.pair_design(disc.modules)
         tick = progress("pair traces", len(pair_as) * len(shapes)) if progress else None
         pair_peaks = pool.run([job(small, a, b, s) for b, s in shapes for a in pair_as], tick)
+        residual = 0.0
         for i, shape in enumerate(shapes):
-            traces[shape] += list(zip(pair_as, pair_peaks[i * len(pair_as):(i + 1) * len(pair_as)]))
-    else:  # the all-modules trace stays a check: fitted without pair terms it would bend the single-module ones
-        traces = {shape: t[:-1] for shape, t in traces.items()}
-    residual = 0.0
-    for shape in shapes:
-        per_shape[shape], worst = ckpt_fit.solve_terms(traces[shape], disc.modules, pairs)
-        residual = max(residual, worst)
+            fitted = traces[shape] + list(zip(pair_as, pair_peaks[i * len(pair_as):(i + 1) * len(pair_as)]))
+            per_shape[shape], worst = ckpt_fit.solve_terms(fitted, disc.modules, pairs)
+            residual = max(residual, worst)
     phases = ckpt_fit.assemble(per_shape, gaps, disc.modules, n_layers, pairs)
     conditions = _conditions(batch_size, seq_len, dtype, disc, method, residual, gradient_checkpointing=True,
                              quantization=quant, pair_check=round(miss, 6))

@@ -25,7 +25,7 @@ from ..training.levers import apply_levers, quant_state_tensors
 from ..training.step import train_step
 from . import metacache
 from .build import build_base, build_quantized, example_inputs, lora_config_for, materialize_fake
-from .tracker import LiveBytes
+from .tracker import LiveBytes, _composites
 
 
 @contextlib.contextmanager
@@ -129,6 +129,8 @@ class _MetaLiveBytes(LiveBytes):
     """
 
     def run(self, func, args, kwargs):
+        if func in _composites():  # run as CPU runs it (LiveBytes.run): its inner ops come back here one by one
+            return super().run(func, args, kwargs)
         return metacache.remembered(func, args, kwargs, self._run)
 
     def _run(self, func, args, kwargs):

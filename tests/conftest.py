@@ -16,12 +16,23 @@ TINY_BERT = {
     "architectures": ["BertModel"], "model_type": "bert", "hidden_size": 64, "intermediate_size": 128,
     "num_hidden_layers": 3, "num_attention_heads": 4, "vocab_size": 300, "max_position_embeddings": 128,
 }
+TINY_GPT2 = {  # Conv1D layers with biases
+    "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 64, "n_layer": 3, "n_head": 4,
+    "vocab_size": 300, "n_positions": 128,
+}
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_llama") / "config.json"
     path.write_text(json.dumps(TINY_LLAMA))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_gpt2") / "config.json"
+    path.write_text(json.dumps(TINY_GPT2))
     return path
 
 

@@ -16,6 +16,7 @@ one step by creating AdamW's state before the step (``tests`` check this equals 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 from typing import Mapping
 
@@ -117,6 +118,14 @@ def _cpu_int8_on_meta():
         yield
     finally:
         bnb.matmul = original
+
+
+# A process's built meta bases, by (config, task, dtype, attention, levers), oldest first: building one (and on a
+# quantised base its meta quantisation and the QLoRA preparation) was up to half a trace. A traced step leaves
+# a base as it found it once PEFT's ``unload()`` takes its adapters out (tests/profiling/test_trace.py compares
+# reused with fresh bases, to the byte, on every architecture and lever).
+_BASES: dict[tuple, torch.nn.Module] = {}
+_KEEP_BASES = 4
 
 
 class _MetaLiveBytes(LiveBytes):
@@ -260,23 +269,35 @@ def trace_assignment(config, task: str, dtype: str, prefix: str, assignment: Map
         raise LoraPlannerError("method", "traced or measured with a quantised base", "fake", "Use --method traced.")
 
     def build(meta: bool):  # a bitsandbytes base is built on its meta-quantised twin, or loaded quantised for real
+        own = copy.deepcopy(config)  # the model's own: a step writes to its config (a classifier's problem_type)
         if quantization is not None:
-            return build_quantized(config, task, dtype, quantization, meta=meta, attn_implementation=attn_implementation)
-        return build_base(config, task, dtype, meta=meta, attn_implementation=attn_implementation)
+            return build_quantized(own, task, dtype, quantization, meta=meta, attn_implementation=attn_implementation)
+        return build_base(own, task, dtype, meta=meta, attn_implementation=attn_implementation)
 
     if method == "traced":
-        model = build(meta=True)
-        levers(model)
-        model = get_peft_model(model, lora_config_for(prefix, assignment, task))
+        key = (config.to_json_string(use_diff=False), task, dtype, attn_implementation, gradient_checkpointing, quantization)
+        base = _BASES.pop(key, None)
+        if base is None:
+            base = build(meta=True)
+            levers(base)
+            _settle(base, config, task, quantization, meta=True)
+        # adapters made on the meta device at once (not made and initialised on CPU, then moved): same tensors
+        model = get_peft_model(base, lora_config_for(prefix, assignment, task), low_cpu_mem_usage=True)
         model.train()
         memo: dict[int, torch.Tensor] = {}  # keep aliases aliased (causal LM: labels is input_ids)
         inputs = {k: memo.setdefault(id(v), v.to("meta")) if isinstance(v, torch.Tensor) else v
                   for k, v in example_inputs(config, task, batch, seq).items()}
         with _unpacked_sequences(), _cpu_attention_on_meta(), _cpu_int8_on_meta():
-            return step_peaks(model, inputs, _MetaLiveBytes(), steps=steps, per_block=gradient_checkpointing)
+            peaks = step_peaks(model, inputs, _MetaLiveBytes(), steps=steps, per_block=gradient_checkpointing)
+        _BASES[key] = model.unload()  # the base as built, its levers on: the next trace of this model starts here
+        while len(_BASES) > _KEEP_BASES:
+            _BASES.pop(next(iter(_BASES)))
+        return peaks
     fake = method == "fake"
     model = build(meta=fake)
     levers(model)
+    if not fake:
+        _settle(model, config, task, quantization, meta=False)
     model = get_peft_model(model, lora_config_for(prefix, assignment, task))
     if not fake:
         model.train()
@@ -291,6 +312,23 @@ def trace_assignment(config, task: str, dtype: str, prefix: str, assignment: Map
         model.train()
         inputs = example_inputs(config, task, batch, seq)
         return step_peaks(model, inputs, LiveBytes(), steps=steps, per_block=gradient_checkpointing)
+
+
+def _settle(model, config, task: str, quantization: str | None, meta: bool) -> None:
+    """Make a quantised base what it is after its first training step: one forward without gradients (a 1 x 8
+    batch). bitsandbytes changes a layer for good on its first forward: a 4-bit layer casts its bias, in place,
+    to its input's dtype (fp32 -> bf16 on a QLoRA-prepared base with checkpointing on: 2 bytes a bias entry
+    less in every block not yet run). A step after the first, the steady state, starts without that."""
+    if quantization is None:
+        return
+    memo: dict[int, torch.Tensor] = {}
+    inputs = {k: memo.setdefault(id(v), v.to(model.device)) if isinstance(v, torch.Tensor) else v
+              for k, v in example_inputs(config, task, 1, 8).items()}
+    ctx = (_unpacked_sequences(), _cpu_attention_on_meta(), _cpu_int8_on_meta(), _MetaLiveBytes()) if meta else ()
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        for c in ctx:
+            stack.enter_context(c)
+        model(**inputs)
 
 
 def _cuda_peak(config, task, dtype, prefix, assignment, batch, seq, steps, attn_implementation, seed, levers,

@@ -35,6 +35,18 @@ def test_a_traced_quantised_step_equals_real_bitsandbytes_execution_on_cpu(tiny_
         assert traced == real  # every phase (and block phase under checkpointing), to the byte
 
 
+@pytest.mark.parametrize("method", ["traced", "measured"])
+def test_one_prepared_step_on_a_4bit_base_with_biases_is_the_second_of_two_steps(tiny_gpt2_path, method):
+    """bitsandbytes casts a 4-bit layer's bias to its input's dtype on its first forward, for good. With checkpointing
+    each block's forward phase held the uncast biases of the blocks not yet run (2 bytes an entry over on GPT-2 and
+    Qwen2) until the base was settled by one forward before the step (``trace._settle``)."""
+    config = load_config(str(tiny_gpt2_path))
+    a = {(0, "attn.c_attn"): 8, (1, "mlp.c_fc"): 4, (2, "attn.c_proj"): 8}
+    one, two = (trace_assignment(config, "causal-lm", "bf16", "transformer.h", a, 2, 32, method=method, steps=steps,
+                                 gradient_checkpointing=True, quantization="nf4") for steps in (1, 2))
+    assert one == two
+
+
 def test_the_real_load_is_quantised_and_prepared_the_qlora_way(tiny_llama_path):
     import bitsandbytes as bnb
 

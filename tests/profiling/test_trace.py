@@ -2,6 +2,7 @@
 import pytest
 
 from lora_planner.profiling.build import discover, load_config
+from lora_planner.profiling.config import num_layers
 from lora_planner.profiling.trace import trace_assignment
 
 ASSIGNMENTS = [
@@ -108,6 +109,39 @@ def test_meta_trace_matches_fake_tensors_on_every_shipped_architecture():
         a = random_assignments(prof.module_names, 2, 1, seed=5)[0]
         meta = trace_assignment(config, prof.task, "bf16", prof.layer_prefix, a, 2, 64, method="traced")
         assert meta == trace_assignment(config, prof.task, "bf16", prof.layer_prefix, a, 2, 64, method="fake"), name
+
+
+def test_a_reused_base_traces_as_a_freshly_built_one(tiny_llama_path, tiny_bert_path, tiny_gpt2_path):
+    """trace.py keeps a process's built meta bases and hands each trace the last one back (PEFT's ``unload()``):
+    a run of traces on one reused base equals, to the byte, the same traces each on a base built for it. Llama,
+    BERT (a classifier head that PEFT trains a copy of) and GPT-2 (Conv1D, biases); plain, checkpointed and, with
+    bitsandbytes, on nf4 / int8 bases."""
+    import importlib.util
+
+    from lora_planner.profiling import trace
+    from lora_planner.profiling.fit import random_assignments
+
+    levers = [(False, None), (True, None)]
+    if importlib.util.find_spec("bitsandbytes"):
+        levers += [(False, "nf4"), (True, "nf4"), (True, "int8")]
+    for path, task in ((tiny_llama_path, "causal-lm"), (tiny_bert_path, "seq-cls"), (tiny_gpt2_path, "causal-lm")):
+        config = load_config(str(path))
+        d = discover(config, task, "bf16")
+        for ckpt, quant in levers if task == "causal-lm" else levers[:2]:
+            assignments = random_assignments([m.name for m in d.modules], num_layers(config), 3, seed=7)
+            run = lambda a: trace_assignment(config, task, "bf16", d.prefix, a, 2, 32,  # noqa: E731
+                                             gradient_checkpointing=ckpt, quantization=quant)
+            trace._BASES.clear()
+            reused, bases = [], set()
+            for a in assignments:
+                reused.append(run(a))
+                bases |= {id(b) for b in trace._BASES.values()}
+            assert len(bases) == 1, ("one base, built once and reused", path, ckpt, quant)
+            fresh = []
+            for a in assignments:
+                trace._BASES.clear()
+                fresh.append(run(a))
+            assert reused == fresh, (path, ckpt, quant)
 
 
 def test_discovery_finds_blocks_modules_and_shared_inputs(llama):

@@ -349,7 +349,7 @@ def _validated(profile: ModelProfile, measured, checks, holdout, holdout_shape, 
 def _trace_job(job):
     from .trace import trace_assignment
 
-    return trace_assignment(copy.deepcopy(_config(*job[0])), *job[1:7], method=job[7], seed=job[8],
+    return trace_assignment(_config(*job[0]), *job[1:7], method=job[7], seed=job[8],  # builds from a copy
                             gradient_checkpointing=job[9] if len(job) > 9 else False,
                             quantization=job[10] if len(job) > 10 else None)
 

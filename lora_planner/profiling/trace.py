@@ -12,6 +12,8 @@ The step is ``training.step.train_step``, the executor's own (outputs released b
 Steady state = the second of two identical steps: AdamW state exists, gradients start as None
 (``zero_grad(set_to_none=True)``), the step's outputs are released when it ends. We reach it in
 one step by creating AdamW's state before the step (``tests`` check this equals two steps).
+What a first step changes for good on a quantised base (bitsandbytes casts 4-bit biases) is done before
+the step by one forward (``_settle``). A process reuses its built meta bases across traces (``_BASES``).
 """
 from __future__ import annotations
 
@@ -269,10 +271,10 @@ def trace_assignment(config, task: str, dtype: str, prefix: str, assignment: Map
         raise LoraPlannerError("method", "traced or measured with a quantised base", "fake", "Use --method traced.")
 
     def build(meta: bool):  # a bitsandbytes base is built on its meta-quantised twin, or loaded quantised for real
-        own = copy.deepcopy(config)  # the model's own: a step writes to its config (a classifier's problem_type)
-        if quantization is not None:
-            return build_quantized(own, task, dtype, quantization, meta=meta, attn_implementation=attn_implementation)
-        return build_base(own, task, dtype, meta=meta, attn_implementation=attn_implementation)
+        if quantization is not None:  # builds from its own copy of the config
+            return build_quantized(config, task, dtype, quantization, meta=meta, attn_implementation=attn_implementation)
+        # the model's own config: a step writes to it (a classifier's problem_type), the caller's stays as it was
+        return build_base(copy.deepcopy(config), task, dtype, meta=meta, attn_implementation=attn_implementation)
 
     if method == "traced":
         key = (config.to_json_string(use_diff=False), task, dtype, attn_implementation, gradient_checkpointing, quantization)
@@ -284,11 +286,9 @@ def trace_assignment(config, task: str, dtype: str, prefix: str, assignment: Map
         # adapters made on the meta device at once (not made and initialised on CPU, then moved): same tensors
         model = get_peft_model(base, lora_config_for(prefix, assignment, task), low_cpu_mem_usage=True)
         model.train()
-        memo: dict[int, torch.Tensor] = {}  # keep aliases aliased (causal LM: labels is input_ids)
-        inputs = {k: memo.setdefault(id(v), v.to("meta")) if isinstance(v, torch.Tensor) else v
-                  for k, v in example_inputs(config, task, batch, seq).items()}
-        with _unpacked_sequences(), _cpu_attention_on_meta(), _cpu_int8_on_meta():
-            peaks = step_peaks(model, inputs, _MetaLiveBytes(), steps=steps, per_block=gradient_checkpointing)
+        with _as_on_cpu():
+            peaks = step_peaks(model, _inputs_on("meta", config, task, batch, seq), _MetaLiveBytes(), steps=steps,
+                               per_block=gradient_checkpointing)
         _BASES[key] = model.unload()  # the base as built, its levers on: the next trace of this model starts here
         while len(_BASES) > _KEEP_BASES:
             _BASES.pop(next(iter(_BASES)))
@@ -321,14 +321,23 @@ def _settle(model, config, task: str, quantization: str | None, meta: bool) -> N
     less in every block not yet run). A step after the first, the steady state, starts without that."""
     if quantization is None:
         return
+    with (_as_on_cpu() if meta else contextlib.nullcontext()), (_MetaLiveBytes() if meta else contextlib.nullcontext()), \
+            torch.no_grad():
+        model(**_inputs_on("meta" if meta else "cpu", config, task, 1, 8))
+
+
+def _inputs_on(device: str, config, task: str, batch: int, seq: int) -> dict:
+    """``example_inputs`` on ``device``, aliases kept aliased (causal LM: labels is input_ids)."""
     memo: dict[int, torch.Tensor] = {}
-    inputs = {k: memo.setdefault(id(v), v.to(model.device)) if isinstance(v, torch.Tensor) else v
-              for k, v in example_inputs(config, task, 1, 8).items()}
-    ctx = (_unpacked_sequences(), _cpu_attention_on_meta(), _cpu_int8_on_meta(), _MetaLiveBytes()) if meta else ()
-    with contextlib.ExitStack() as stack, torch.no_grad():
-        for c in ctx:
-            stack.enter_context(c)
-        model(**inputs)
+    return {k: memo.setdefault(id(v), v.to(device)) if isinstance(v, torch.Tensor) else v
+            for k, v in example_inputs(config, task, batch, seq).items()}
+
+
+@contextlib.contextmanager
+def _as_on_cpu():
+    """Meta tensors answer as CPU ones where a meta step differs: packed-sequence check, SDPA choice, int8 path."""
+    with _unpacked_sequences(), _cpu_attention_on_meta(), _cpu_int8_on_meta():
+        yield
 
 
 def _cuda_peak(config, task, dtype, prefix, assignment, batch, seq, steps, attn_implementation, seed, levers,
@@ -345,7 +354,7 @@ def _cuda_peak(config, task, dtype, prefix, assignment, batch, seq, steps, attn_
         model = build_quantized(config, task, dtype, quantization, meta=False, attn_implementation=attn_implementation,
                                 device_map="cuda")
     else:
-        model = build_base(config, task, dtype, meta=False, attn_implementation=attn_implementation).cuda()
+        model = build_base(copy.deepcopy(config), task, dtype, meta=False, attn_implementation=attn_implementation).cuda()
     levers(model)
     model = get_peft_model(model, lora_config_for(prefix, assignment, task))
     model.train()

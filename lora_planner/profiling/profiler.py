@@ -192,21 +192,41 @@ def _profile_sets(model, sets, batch_size, seq_len, dtype, task, num_labels, tar
         require_bitsandbytes()
     # Workers start importing torch, transformers, peft and the modeling code at once, and read the
     # config themselves: this process imports none of them.
-    out, t_start = [], time.perf_counter()  # the first set's seconds include starting the workers
+    # The sets run as a pipeline: each set's profiling is a generator of requests (its structure call, then its
+    # traces, then pair traces if it needs them); every set's next request is queued before any set waits for a
+    # result, so the workers never idle between sets (no serial structure call, no pool tail per set).
+    gens = []
+    for ckpt, quant in sets:
+        tagged = progress
+        if progress and len(sets) > 1:
+            tag = condition_name(ckpt, quant)
+            tagged = lambda label, total, tag=tag: progress(f"{tag}: {label}", total)  # noqa: E731
+        gens.append(_profile(task, num_labels, dtype, batch_size, seq_len, target_modules, method, validate, seed, name,
+                             model, tagged, ckpt, quant))
+    out: list[ModelProfile | None] = [None] * len(gens)
+    last = time.perf_counter()  # the first set's seconds include starting the workers
     with _TracePool(workers, method, modeling_module(model)) as pool:
-        for i, (ckpt, quant) in enumerate(sets):
-            tagged = progress
-            if progress and len(sets) > 1:
-                tag = condition_name(ckpt, quant)
-                tagged = lambda label, total, tag=tag: progress(f"{tag}: {label}", total)  # noqa: E731
-            out.append(_profile(task, num_labels, dtype, batch_size, seq_len, target_modules, method, validate, seed, name,
-                                model, tagged, pool, t_start if i == 0 else time.perf_counter(), ckpt, quant))
+        handles = [pool.submit(next(g)) for g in gens]
+        while any(p is None for p in out):
+            for i, g in enumerate(gens):
+                if out[i] is not None:
+                    continue
+                try:
+                    handles[i] = pool.submit(g.send(handles[i].result()))
+                except StopIteration as done:
+                    # a set's seconds: from the previous set's end to its own (sets overlap in the workers)
+                    now = time.perf_counter()
+                    out[i] = dataclasses.replace(done.value, validation={**done.value.validation,
+                                                                         "seconds": round(now - last, 2)})
+                    last = now
     return out
 
 
 def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, method, validate, seed, name, model, progress,
-             pool, t_start, ckpt: bool = False, quant: str | None = None) -> ModelProfile:
-    facts, disc, block_bytes, peft_wanted = pool.call(_structure, model, task, num_labels, dtype, ckpt, quant)
+             ckpt: bool = False, quant: str | None = None):
+    """One condition set's profile, as a generator: it yields what it needs the workers for (a ``_Call`` or
+    ``_Traces``), is sent the answer, and returns the profile (``_profile_sets`` drives it)."""
+    facts, disc, block_bytes, peft_wanted = yield _Call(_structure, (model, task, num_labels, dtype, ckpt, quant))
     task, n_layers = facts["task"], facts["num_layers"]
     draft = ModelProfile(name=name or model, architecture=facts["architecture"], task=task,
                          num_layers=n_layers, layer_prefix=disc.prefix, modules=disc.modules, default_targets=(),
@@ -219,8 +239,8 @@ def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, metho
 
     shapes = fit.fit_shapes(batch_size, seq_len)
     if ckpt:
-        return _profile_checkpointed(draft, facts, disc, targets, shapes, model, task, num_labels, dtype, batch_size,
-                                     seq_len, method, validate, seed, progress, pool, t_start, quant)
+        return (yield from _profile_checkpointed(draft, facts, disc, targets, shapes, model, task, num_labels, dtype,
+                                                 batch_size, seq_len, method, validate, seed, progress, quant))
     # The full design at the first two shapes; at the other two only what the attention-dependent
     # terms need (the token-scaled ones are on a line in T through the first two: fit.TOKEN_KINDS).
     designs = [fit.design(disc.modules, FIT_LAYERS - 1, full=i < 2) for i in range(len(shapes))]
@@ -234,7 +254,7 @@ def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, metho
     # The long full-depth traces go first, one job at a time, so that the short fit traces fill the
     # gaps and no worker is left with a run of long ones at the end.
     ticks = _two_bars(progress, ("validation traces", len(check_jobs)), ("fit traces", len(fit_jobs)))
-    results = pool.run(check_jobs + fit_jobs, ticks, long=len(check_jobs))
+    results = yield _Traces(check_jobs + fit_jobs, ticks, long=len(check_jobs))
     measured, peaks = results[:len(check_jobs)], results[len(check_jobs):]
     per_shape, residual, start = {}, 0.0, 0
     for i, (shape, d) in enumerate(zip(shapes, designs)):
@@ -253,11 +273,11 @@ def _profile(task, num_labels, dtype, batch_size, seq_len, target_modules, metho
                            layer_prefix=disc.prefix, modules=disc.modules, default_targets=targets,
                            max_positions=disc.max_positions, param_count=disc.param_count, conditions=conditions,
                            phases=phases)
-    return _validated(profile, measured, checks, holdout, (hb, hs), t_start)
+    return _validated(profile, measured, checks, holdout, (hb, hs))
 
 
 def _profile_checkpointed(draft, facts, disc, targets, shapes, model, task, num_labels, dtype, batch_size, seq_len, method,
-                          validate, seed, progress, pool, t_start, quant=None) -> ModelProfile:
+                          validate, seed, progress, quant=None):
     """The profile of a step with gradient checkpointing on: designed traces on a 3-block slice at four
     shapes, one 3- vs 4-block pair per shape for the blocks cut away, validated on full-depth traces."""
     from . import ckpt_fit
@@ -272,7 +292,7 @@ def _profile_checkpointed(draft, facts, disc, targets, shapes, model, task, num_
     checks, holdout, (hb, hs) = _validation_assignments(draft, targets, n_layers, validate, seed, batch_size, seq_len)
     check_jobs = [job(full, a, batch_size, seq_len) for a in checks] + [job(full, a, hb, hs) for a in holdout]
     ticks = _two_bars(progress, ("validation traces", len(check_jobs)), ("fit traces", len(fit_jobs)))
-    results = pool.run(check_jobs + fit_jobs, ticks, long=len(check_jobs))
+    results = yield _Traces(check_jobs + fit_jobs, ticks, long=len(check_jobs))
     measured, peaks = results[:len(check_jobs)], results[len(check_jobs):]
     per_shape, gaps, traces, residual = {}, {}, {}, 0.0
     for i, shape in enumerate(shapes):
@@ -290,7 +310,7 @@ def _profile_checkpointed(draft, facts, disc, targets, shapes, model, task, num_
     if miss:
         pairs, pair_as = ckpt_fit.pair_design(disc.modules)
         tick = progress("pair traces", len(pair_as) * len(shapes)) if progress else None
-        pair_peaks = pool.run([job(small, a, b, s) for b, s in shapes for a in pair_as], tick)
+        pair_peaks = yield _Traces([job(small, a, b, s) for b, s in shapes for a in pair_as], tick)
         residual = 0.0
         for i, shape in enumerate(shapes):
             fitted = traces[shape] + list(zip(pair_as, pair_peaks[i * len(pair_as):(i + 1) * len(pair_as)]))
@@ -300,7 +320,7 @@ def _profile_checkpointed(draft, facts, disc, targets, shapes, model, task, num_
     conditions = _conditions(batch_size, seq_len, dtype, disc, method, residual, gradient_checkpointing=True,
                              quantization=quant, pair_check=round(miss, 6))
     return _validated(dataclasses.replace(draft, default_targets=targets, conditions=conditions, phases=phases),
-                      measured, checks, holdout, (hb, hs), t_start)
+                      measured, checks, holdout, (hb, hs))
 
 
 def _validation_assignments(draft, targets, n_layers, validate, seed, batch_size, seq_len):
@@ -339,11 +359,10 @@ def _conditions(batch_size, seq_len, dtype, disc, method, residual, gradient_che
     }
 
 
-def _validated(profile: ModelProfile, measured, checks, holdout, holdout_shape, t_start) -> ModelProfile:
+def _validated(profile: ModelProfile, measured, checks, holdout, holdout_shape) -> ModelProfile:
     validation = fit.validate(profile, measured[:len(checks)], checks)
     validation["shape_holdout"] = fit.validate(profile, measured[len(checks):], holdout, shape=holdout_shape)
-    validation["seconds"] = round(time.perf_counter() - t_start, 2)
-    return dataclasses.replace(profile, validation=validation)
+    return dataclasses.replace(profile, validation=validation)  # "seconds": stamped by _profile_sets
 
 
 def _trace_job(job):
@@ -397,25 +416,53 @@ class _TracePool:
             self.pool.shutdown(wait=exc[0] is None, cancel_futures=True)
             self._hidden.__exit__(*exc)
 
-    def call(self, fn, *args):
-        """fn(*args) in a worker (whose imports are warm), or here when in-process."""
-        return fn(*args) if self.pool is None else self.pool.submit(fn, *args).result()
-
-    def run(self, jobs: list, tick=None, long: int = 0) -> list[dict[str, int]]:
-        """Trace results in job order. The first ``long`` jobs are sent one at a time (they go
-        first, so short jobs fill the gaps), the rest in small chunks."""
+    def submit(self, request: "_Call | _Traces") -> "_Pending":
+        """Queue a request on the workers (or, in-process, run it when its result is asked for)."""
+        if isinstance(request, _Call):
+            if self.pool is None:
+                return _Pending(lambda: request.fn(*request.args))
+            return _Pending(self.pool.submit(request.fn, *request.args).result)
+        jobs = request.jobs
         if self.pool is None or len(jobs) < 4:
             results = map(_trace_job, jobs)
-        else:
-            first = self.pool.map(_trace_job, jobs[:long])  # submits at once, like the map below
-            rest = self.pool.map(_trace_job, jobs[long:], chunksize=4)
+        else:  # the first ``long`` jobs one at a time (they go first, so short jobs fill the gaps), the rest in chunks
+            first = self.pool.map(_trace_job, jobs[:request.long])  # submits at once, like the map below
+            rest = self.pool.map(_trace_job, jobs[request.long:], chunksize=4)
             results = itertools.chain(first, rest)
-        out = []
-        for result in results:
-            out.append(result)
-            if tick:
-                tick()
-        return out
+
+        def collect() -> list[dict[str, int]]:
+            out = []
+            for result in results:
+                out.append(result)
+                if request.tick:
+                    request.tick()
+            return out
+        return _Pending(collect)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """A request of a profiling generator: ``fn(*args)`` in a worker."""
+    fn: Callable
+    args: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class _Traces:
+    """A request of a profiling generator: trace jobs, results in job order, ``tick`` once per result."""
+    jobs: list
+    tick: Callable[[], None] | None = None
+    long: int = 0
+
+
+class _Pending:
+    """A queued request; ``result()`` waits for it (once)."""
+
+    def __init__(self, wait: Callable[[], object]) -> None:
+        self._wait = wait
+
+    def result(self):
+        return self._wait()
 
 
 @contextlib.contextmanager
@@ -451,18 +498,17 @@ def _versions() -> dict[str, str]:
 
 
 def _two_bars(progress, first: tuple[str, int], second: tuple[str, int]):
-    """One tick function over two progress bars: the first ``first[1]`` ticks go to the first."""
+    """One tick function over two progress bars: the first ``first[1]`` ticks go to the first. Each bar is
+    opened at its first tick (the sets of one run queue their traces long before they run)."""
     if not progress:
         return None
-    bars = [progress(*first) if first[1] else None, None]
+    bars: list = [None, None]
     count = [0]
 
     def tick():
         count[0] += 1
-        if count[0] <= first[1]:
-            bars[0]()
-        else:
-            if bars[1] is None:
-                bars[1] = progress(*second)
-            bars[1]()
+        i = 0 if count[0] <= first[1] else 1
+        if bars[i] is None:
+            bars[i] = progress(*(first, second)[i])
+        bars[i]()
     return tick

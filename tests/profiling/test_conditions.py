@@ -24,15 +24,18 @@ def test_condition_lists_parse_and_bad_ones_are_one_line():
             parse_conditions(bad)
 
 
-def test_one_run_makes_the_same_profiles_as_one_run_each(tiny_llama_path):
-    """Sharing the workers changes nothing: each set's terms and validation equal a run of its own."""
-    kw = dict(batch_size=2, seq_len=32, dtype="fp32", validate=3, workers=2)
+@pytest.mark.parametrize("workers", [2, 1])
+def test_one_run_makes_the_same_profiles_as_one_run_each(tiny_llama_path, workers):
+    """Sharing the workers, the sets pipelined through them (or in-process), changes nothing: each set's terms
+    and validation equal a run of its own."""
+    kw = dict(batch_size=2, seq_len=32, dtype="fp32", validate=3, workers=workers)
     both = profile_conditions(str(tiny_llama_path), "plain,gc", **kw)
     assert list(both) == ["plain", "gradient-checkpointing"]
     for (name, prof), ckpt in zip(both.items(), (False, True)):
         alone = profile_model(str(tiny_llama_path), gradient_checkpointing=ckpt, **kw)
         assert prof.phases == alone.phases and prof.checkpointed is ckpt
         assert [r["measured_bytes"] for r in prof.validation["rows"]] == [r["measured_bytes"] for r in alone.validation["rows"]]
+        assert prof.validation["seconds"] > 0  # its share of the run's time
 
 
 def test_the_cli_writes_one_file_per_set_in_the_shipped_layout(tiny_llama_path, tmp_path, capsys):

@@ -138,18 +138,20 @@ def discover(config, task: str, dtype: str) -> Discovery:
     model = build_base(small, task, dtype, meta=True)
     prefix, blocks = find_blocks(model)
     lin = linear_modules(blocks[0])
-    seen: list[tuple[str, int]] = []
+    # each module's input storage, held until the grouping is done: an id is only unique among live objects, and
+    # a freed input's id came back for a later module's input (down_proj grouped with q_proj, now and then)
+    seen: list[tuple[str, torch.UntypedStorage]] = []
     hooks = [blocks[0].get_submodule(n).register_forward_hook(
-        lambda mod, args, out, n=n: seen.append((n, id(args[0].untyped_storage())))) for n in lin]
+        lambda mod, args, out, n=n: seen.append((n, args[0].untyped_storage()))) for n in lin]
     with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
         materialize_fake(model)
         model(**example_inputs(small, task, 1, 8))
     for h in hooks:
         h.remove()
     order, group_of, storage_group = {}, {}, {}
-    for n, sid in seen:
+    for n, storage in seen:
         order.setdefault(n, len(order))
-        group_of.setdefault(n, storage_group.setdefault(sid, n))
+        group_of.setdefault(n, storage_group.setdefault(id(storage), n))
     modules = tuple(ModuleInfo(name=n, in_features=lin[n][0], out_features=lin[n][1], group=group_of.get(n, n),
                                order=order.get(n, len(lin))) for n in sorted(lin, key=lambda n: order.get(n, 99)))
     full = build_base(config, task, dtype, meta=True)

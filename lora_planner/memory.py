@@ -151,6 +151,13 @@ def low_block_cost(terms: Mapping[str, float], adapted: set[str], profile: Model
     return sum(max(v, 0.0) for v in best.values())  # as solvers.problem (each branch at least 0): never less
 
 
+def _ceil_bytes(x: float) -> int:
+    """Bytes up, ignoring what least-squares rounding adds: fitted terms carry noise of ~1e-8 bytes that
+    differs between runs (LAPACK's results depend on its buffers' alignment, numpy#8404), and 859712.0000000001
+    must not predict a byte more than 859711.9999999927."""
+    return int(math.ceil(x - 1e-6))
+
+
 def predict_phases(profile: ModelProfile, assignment: Assignment, batch: int | None = None, seq: int | None = None,
                    terms: Mapping[str, ShapeTerms] | None = None) -> dict[str, int]:
     """Predicted peak live tensor bytes of each phase of a steady-state training step."""
@@ -169,7 +176,7 @@ def predict_phases(profile: ModelProfile, assignment: Assignment, batch: int | N
         total = t.fixed
         for layer in range(low, profile.num_layers):
             total += layer_cost(t, per_layer.get(layer, {}), profile, lowest=(layer == low), top=(layer == profile.num_layers - 1))
-        out[phase] = int(math.ceil(total))
+        out[phase] = _ceil_bytes(total)
     return out
 
 
@@ -194,10 +201,10 @@ def _predict_checkpointed(profile: ModelProfile, per_layer, terms) -> dict[str, 
     out = {}
     for phase, t in terms.items():
         if phase.endswith("@"):
-            out[phase] = int(math.ceil(max(checkpointed_block_costs(t, per_layer, profile))))
+            out[phase] = _ceil_bytes(max(checkpointed_block_costs(t, per_layer, profile)))
         else:
-            out[phase] = int(math.ceil(t.fixed + sum(t.module[m] + r * t.rank[m] for ranks in per_layer.values()
-                                                     for m, r in ranks.items())))
+            out[phase] = _ceil_bytes(t.fixed + sum(t.module[m] + r * t.rank[m] for ranks in per_layer.values()
+                                                   for m, r in ranks.items()))
     return out
 
 

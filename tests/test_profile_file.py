@@ -3,7 +3,7 @@ import json
 import pytest
 
 from lora_planner import LoraPlannerError, load_profile, shipped_models
-from lora_planner.profile import SCHEMA_VERSION, shipped_conditions
+from lora_planner.profile import SCHEMA_VERSION, parse_conditions, shipped_conditions, shipped_profile
 
 
 def test_every_shipped_model_named_in_the_issue_has_a_profile():
@@ -63,8 +63,6 @@ def test_every_condition_set_of_a_shipped_model_sees_the_same_modules():
     """Names, shapes, forward order and input groups are the model's, whatever the levers: gpt2@gc.json once put
     mlp.c_fc in attn.c_attn's group and tinyllama-1.1b@nf4+gc.json mlp.down_proj in q_proj's (block discovery read
     ids of freed storages)."""
-    from lora_planner.profile import CONDITION_SUFFIX, profiles_dir
-
     for name, sets in shipped_conditions().items():
-        seen = {c: load_profile(profiles_dir() / f"{name}{CONDITION_SUFFIX[c]}.json").modules for c in sets}
+        seen = {c: shipped_profile(name, *parse_conditions(c)[0]).modules for c in sets}
         assert len(set(seen.values())) == 1, (name, {c: [m.group for m in mods] for c, mods in seen.items()})
